@@ -81,6 +81,9 @@ class SearchCriteria:
     cities: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     select: tuple[str, ...] = ()  # server field names; empty means every field
+    # A protocol-native clause (DMQL2 for RETS, an OData $filter for RESO) ANDed with the rest.
+    # Only operators set it (the CLI); values from a DAG run's conf never reach it.
+    raw_query: str | None = None
 
 
 @dataclass

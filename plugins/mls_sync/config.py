@@ -1,0 +1,264 @@
+"""Provider YAML -> validated, typed config.
+
+Strict on purpose: an unknown key is almost always a typo that would otherwise silently drop a
+setting (a misspelt `page_size` means the default is used in production). Every error names the
+file, the key path and what would fix it. One bad file fails only its own provider.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mls_sync.columns import MAPPABLE_COLUMNS, STANDARD_STATUSES
+from mls_sync.limits import Budget
+from mls_sync.sources.base import SourceFields
+
+DEFAULT_MAPPINGS_DIR = Path(__file__).resolve().parents[2] / "include" / "mappings"
+NORMALIZERS = ("string", "money", "int", "decimal", "date", "timestamp", "bool", "lookup", "list",
+               "html", "status")
+_ID = r"^[a-z][a-z0-9_]{1,62}$"
+
+
+class ConfigError(ValueError):
+    """A provider YAML that cannot be used; the message says where and how to fix it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FieldTarget(_Strict):
+    column: str
+    type: Literal[NORMALIZERS] = "string"  # type: ignore[valid-type]
+    required: bool = False
+    lookup: dict[str, str] | None = None  # code -> label, for type: lookup (overrides metadata)
+    separator: str = ","  # for type: list
+
+    @field_validator("column")
+    @classmethod
+    def _known_column(cls, v: str) -> str:
+        if v not in MAPPABLE_COLUMNS:
+            raise ValueError(f"unknown column {v!r}; mappable columns: {', '.join(sorted(MAPPABLE_COLUMNS))}")
+        return v
+
+
+class RetsSettings(_Strict):
+    resource: str = "Property"
+    class_: str = Field("RE_1", alias="class")
+    format: Literal["COMPACT", "COMPACT-DECODED"] = "COMPACT-DECODED"
+    page_size: int = Field(2500, ge=1, le=100_000)
+    offset: Literal["auto", "always", "never"] = "auto"
+    method: Literal["GET", "POST"] = "GET"
+    time_zone: str | None = None  # e.g. "-05:00" or "America/Chicago"; default: SYSTEM TimeZoneOffset
+    photo_type: str = "Photo"
+    photo_location: bool = False  # ask GetObject for Location=1 URLs instead of bytes
+    photos_per_request: int = Field(20, ge=1, le=500)  # listings per multipart GetObject
+    timeout_seconds: float = Field(120, gt=0)
+
+
+class ResoSettings(_Strict):
+    resource: str = "Property"
+    page_size: int = Field(1000, ge=1, le=10_000)
+    paging: Literal["keyset", "nextlink"] = "keyset"
+    max_page_size_header: bool = False  # send Prefer: odata.maxpagesize instead of $top
+    expand_media: bool = True
+    select_from_mapping: bool = True
+    mlg_can_view: bool = False  # MLS Grid: MlgCanView=false means the listing must be removed
+    media_user_agent_token: bool = False  # MLS Grid: access token as User-Agent on media downloads
+    timeout_seconds: float = Field(120, gt=0)
+
+
+class Limits(_Strict):
+    requests_per_second: float | None = Field(None, gt=0)
+    requests_per_hour: int | None = Field(None, gt=0)
+    requests_per_day: int | None = Field(None, gt=0)
+    media_bytes_per_hour: int | None = Field(None, gt=0)
+    pool_slots: int = Field(2, ge=1, le=64)
+    request_attempts: int = Field(5, ge=1, le=20)
+    max_wait_seconds: float = Field(900, gt=0)
+
+    def budget(self) -> Budget:
+        return Budget(self.requests_per_second, self.requests_per_hour, self.requests_per_day,
+                      self.media_bytes_per_hour, self.max_wait_seconds)
+
+
+class Retry(_Strict):
+    task_retries: int = Field(3, ge=2, le=10)
+    retry_delay_seconds: int = Field(30, ge=1)
+    max_retry_delay_seconds: int = Field(1800, ge=1)
+    record_max_attempts: int = Field(5, ge=1, le=50)  # then a dead letter
+    record_retry_base_minutes: int = Field(15, ge=1)
+
+
+class StatusPoll(_Strict):
+    enabled: bool = True
+    schedule: str = "*/10 * * * *"
+    archive_after_days: int = Field(30, ge=0)
+
+
+class Conflicts(_Strict):
+    policy: Literal["mls_wins", "local_wins", "manual"] = "mls_wins"
+
+
+class Media(_Strict):
+    enabled: bool = True
+    sizes: dict[str, int] = Field(default_factory=lambda: {"thumbnail": 320, "medium": 800, "large": 1600})
+    formats: tuple[Literal["webp", "jpeg"], ...] = ("webp", "jpeg")
+    quality: int = Field(82, ge=30, le=100)
+    keep_original: bool = False
+    batch_listings: int = Field(100, ge=1, le=5000)  # listings per mapped task
+    max_mapped_tasks: int = Field(200, ge=1, le=1024)
+    concurrency: int = Field(10, ge=1, le=64)
+    max_attempts: int = Field(5, ge=1, le=50)
+    removal_grace_hours: float = Field(24, ge=0)
+    prefix: str = "listings"
+
+
+class Alerts(_Strict):
+    email: tuple[str, ...] = ()
+    smtp_connection_id: str | None = None
+    slack_connection_id: str | None = None
+    max_duration_minutes: int = Field(30, ge=1)
+    max_error_rate: float = Field(0.05, ge=0, le=1)
+    stale_after_hours: int = Field(24, ge=1)
+
+
+class ProviderConfig(_Strict):
+    provider_id: Annotated[str, Field(pattern=_ID)]
+    name: str
+    protocol: Literal["rets", "reso"]
+    connection_id: str
+    enabled: bool = True
+    owner: str = "mls-sync"
+    tags: tuple[str, ...] = ()
+    schedule: str | None = "0 */4 * * *"
+    rets: RetsSettings | None = None
+    reso: ResoSettings | None = None
+    source_fields: dict[str, str]
+    fields: dict[str, FieldTarget | list[FieldTarget]]
+    status_map: dict[str, str] = Field(default_factory=dict)
+    full_sync_statuses: tuple[str, ...] = ("Active", "ActiveUnderContract", "ComingSoon", "Pending")
+    timestamp_time_zone: str | None = None  # zone of naive MLS timestamps; default from the source
+    overlap_minutes: int = Field(5, ge=0, le=1440)
+    limits: Limits = Field(default_factory=Limits)
+    retry: Retry = Field(default_factory=Retry)
+    status_poll: StatusPoll = Field(default_factory=StatusPoll)
+    conflicts: Conflicts = Field(default_factory=Conflicts)
+    media: Media = Field(default_factory=Media)
+    alerts: Alerts = Field(default_factory=Alerts)
+    storage: dict[str, Any] = Field(default_factory=dict)  # object store settings; empty = environment
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderConfig:
+        if self.protocol == "rets" and self.rets is None:
+            object.__setattr__(self, "rets", RetsSettings())
+        if self.protocol == "reso" and self.reso is None:
+            object.__setattr__(self, "reso", ResoSettings())
+        for role in ("key", "modified"):
+            if role not in self.source_fields:
+                raise ValueError(f"source_fields.{role} is required (the server's name for the listing {role} field)")
+        unknown = set(self.source_fields) - set(SourceFields.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"source_fields has unknown roles {sorted(unknown)}; "
+                             f"allowed: {sorted(SourceFields.__dataclass_fields__)}")
+        columns = [t.column for t in self.targets()]
+        if "listing_key" not in columns:
+            raise ValueError("fields must map some MLS field to column listing_key")
+        dupes = {c for c in columns if columns.count(c) > 1}
+        if dupes:
+            raise ValueError(f"fields map more than one MLS field to {sorted(dupes)}; keep one")
+        for mls, std in self.status_map.items():
+            if std not in STANDARD_STATUSES:
+                raise ValueError(f"status_map.{mls}: {std!r} is not a RESO StandardStatus "
+                                 f"({', '.join(STANDARD_STATUSES)})")
+        for s in self.full_sync_statuses:
+            if s not in STANDARD_STATUSES:
+                raise ValueError(f"full_sync_statuses: {s!r} is not a RESO StandardStatus")
+        return self
+
+    def targets(self) -> list[FieldTarget]:
+        out: list[FieldTarget] = []
+        for t in self.fields.values():
+            out.extend(t if isinstance(t, list) else [t])
+        return out
+
+    def field_items(self) -> list[tuple[str, FieldTarget]]:
+        """(MLS field, target) pairs in YAML order."""
+        out: list[tuple[str, FieldTarget]] = []
+        for name, t in self.fields.items():
+            out.extend((name, x) for x in (t if isinstance(t, list) else [t]))
+        return out
+
+    def roles(self) -> SourceFields:
+        return SourceFields(**self.source_fields)
+
+    def source_statuses(self, standard: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        """Server-side status values meaning any of these StandardStatus values.
+
+        RESO servers speak StandardStatus already; RETS servers use their own codes, which the
+        YAML's status_map translates (we invert it here for queries).
+        """
+        if not self.status_map:
+            return tuple(standard)
+        return tuple(sorted(k for k, v in self.status_map.items() if v in standard))
+
+    def dag_id(self) -> str:
+        return f"mls_sync__{self.provider_id}"
+
+
+def _format_errors(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid provider config ({exc.error_count()} problem(s)):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or fix its spelling (see include/mappings/README.md)"
+        elif err["type"] == "missing":
+            msg = "required key is missing; add it"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_provider(path: str | Path) -> ProviderConfig:
+    """Parse and validate one provider YAML (safe_load only: YAML tags cannot run code)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    try:
+        cfg = ProviderConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(path, exc)) from None
+    if cfg.provider_id != path.stem:
+        raise ConfigError(f"{path}: provider_id {cfg.provider_id!r} must equal the file name "
+                          f"{path.stem!r}, so DAG ids and files stay in step; rename one")
+    return cfg
+
+
+def mappings_dir() -> Path:
+    return Path(os.environ.get("MLS_MAPPINGS_DIR", DEFAULT_MAPPINGS_DIR))
+
+
+def provider_paths(directory: str | Path | None = None) -> list[Path]:
+    d = Path(directory) if directory else mappings_dir()
+    return sorted(p for p in d.glob("*.yaml") if re.match(_ID, p.stem))
+
+
+def find_provider(name: str, directory: str | Path | None = None) -> ProviderConfig:
+    d = Path(directory) if directory else mappings_dir()
+    path = d / f"{name}.yaml"
+    if not path.exists():
+        known = ", ".join(p.stem for p in provider_paths(d)) or "none"
+        raise ConfigError(f"no provider {name!r}: {path} does not exist (known providers: {known})")
+    return load_provider(path)
