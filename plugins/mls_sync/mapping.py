@@ -1,0 +1,246 @@
+"""MLS record -> `properties` row, driven by the provider YAML's field map and normalizers.
+
+A record whose required fields are missing or unreadable is rejected with a reason (and lands in
+mls_sync_errors with its payload); an optional field that cannot be read is stored as NULL and
+reported as a warning on the record, so nothing is dropped silently and one bad price never
+costs a whole listing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from mls_sync.columns import ACTIVE_STATUSES, STANDARD_STATUSES
+from mls_sync.config import FieldTarget, ProviderConfig
+
+_TAG = re.compile(r"<[^>]+>")
+_SPACE = re.compile(r"[ \t\r\f\v]+")
+_MONEY_JUNK = re.compile(r"[$,\s]")
+_TRUE = {"1", "y", "yes", "true", "t"}
+_FALSE = {"0", "n", "no", "false", "f"}
+_STATUS_BY_LOWER = {s.lower(): s for s in STANDARD_STATUSES}
+
+
+class ValueProblem(ValueError):
+    """One field's value could not be normalized."""
+
+
+def parse_time_zone(value: str | None) -> tzinfo | None:
+    """'-05:00', '+0530', 'UTC' or an IANA name ('America/Chicago') -> tzinfo."""
+    if not value:
+        return None
+    value = value.strip()
+    m = re.fullmatch(r"([+-])(\d{1,2}):?(\d{2})?", value)
+    if m:
+        sign = -1 if m.group(1) == "-" else 1
+        return timezone(sign * timedelta(hours=int(m.group(2)), minutes=int(m.group(3) or 0)))
+    if value.upper() in ("Z", "UTC", "GMT"):
+        return UTC
+    try:
+        return ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}; use an offset like -05:00 or an IANA name") from None
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    s = str(v).strip()
+    return s or None
+
+
+def n_string(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
+    return _text(v)
+
+
+def n_money(v: Any, t: FieldTarget, ctx: Mapper) -> Decimal | None:
+    s = _text(v)
+    if s is None:
+        return None
+    try:
+        d = Decimal(_MONEY_JUNK.sub("", s))
+    except InvalidOperation:
+        raise ValueProblem(f"{s!r} is not a money amount") from None
+    if not d.is_finite() or d < 0 or d >= Decimal("1e12"):
+        raise ValueProblem(f"{s!r} is out of range for a price")
+    return d.quantize(Decimal("0.01"))
+
+
+def n_decimal(v: Any, t: FieldTarget, ctx: Mapper) -> Decimal | None:
+    s = _text(v)
+    if s is None:
+        return None
+    try:
+        d = Decimal(s.replace(",", ""))
+    except InvalidOperation:
+        raise ValueProblem(f"{s!r} is not a number") from None
+    if not d.is_finite() or abs(d) >= Decimal("1e8"):
+        raise ValueProblem(f"{s!r} is out of range")
+    return d
+
+
+def n_int(v: Any, t: FieldTarget, ctx: Mapper) -> int | None:
+    d = n_decimal(v, t, ctx)
+    if d is None:
+        return None
+    if d != d.to_integral_value():
+        raise ValueProblem(f"{v!r} is not a whole number")
+    i = int(d)
+    if abs(i) > 2_147_483_647:
+        raise ValueProblem(f"{v!r} is out of range for an integer")
+    return i
+
+
+def n_timestamp(v: Any, t: FieldTarget, ctx: Mapper) -> datetime | None:
+    s = _text(v)
+    if s is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(s.replace("Z", "+00:00").replace(" ", "T", 1))
+    except ValueError:
+        raise ValueProblem(f"{s!r} is not an ISO 8601 timestamp") from None
+    if dt.tzinfo is None:
+        # RETS sends server-local time without a zone; the YAML or SYSTEM TimeZoneOffset says which.
+        dt = dt.replace(tzinfo=ctx.time_zone or UTC)
+    return dt.astimezone(UTC)
+
+
+def n_date(v: Any, t: FieldTarget, ctx: Mapper) -> date | None:
+    s = _text(v)
+    if s is None:
+        return None
+    try:
+        return date.fromisoformat(s[:10])
+    except ValueError:
+        raise ValueProblem(f"{s!r} is not a date (YYYY-MM-DD)") from None
+
+
+def n_bool(v: Any, t: FieldTarget, ctx: Mapper) -> bool | None:
+    if isinstance(v, bool) or v is None:
+        return v
+    s = str(v).strip().lower()
+    if not s:
+        return None
+    if s in _TRUE:
+        return True
+    if s in _FALSE:
+        return False
+    raise ValueProblem(f"{v!r} is not a yes/no value")
+
+
+def n_lookup(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
+    s = _text(v)
+    if s is None or not t.lookup:
+        return s
+    return t.lookup.get(s, s)
+
+
+def n_list(v: Any, t: FieldTarget, ctx: Mapper) -> list[str] | None:
+    if v is None:
+        return None
+    items = v if isinstance(v, list) else str(v).split(t.separator)
+    out = [str(x).strip() for x in items if str(x).strip()]
+    if t.lookup:
+        out = [t.lookup.get(x, x) for x in out]
+    return out or None
+
+
+def n_html(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
+    s = _text(v)
+    if s is None:
+        return None
+    s = re.sub(r"(?i)<\s*br\s*/?>|</p\s*>", "\n", s)
+    s = html.unescape(_TAG.sub(" ", s))
+    lines = [_SPACE.sub(" ", line).strip() for line in s.splitlines()]
+    return "\n".join(line for line in lines if line) or None
+
+
+def n_status(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
+    s = _text(v)
+    if s is None:
+        return None
+    if s in ctx.status_map:
+        return ctx.status_map[s]
+    std = _STATUS_BY_LOWER.get(s.replace(" ", "").lower())
+    if std:
+        return std
+    raise ValueProblem(f"status {s!r} is neither a StandardStatus nor in the YAML's status_map")
+
+
+NORMALIZERS: dict[str, Callable[[Any, FieldTarget, Mapper], Any]] = {
+    "string": n_string, "money": n_money, "int": n_int, "decimal": n_decimal, "date": n_date,
+    "timestamp": n_timestamp, "bool": n_bool, "lookup": n_lookup, "list": n_list, "html": n_html,
+    "status": n_status,
+}
+
+
+@dataclass
+class Mapped:
+    """The result of mapping one record: a row, or the reason it was rejected."""
+
+    row: dict[str, Any] | None
+    row_hash: str | None = None
+    rejected: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def row_hash(row: dict[str, Any]) -> str:
+    """Stable content hash of the MLS-side values; equal hash means nothing to write."""
+    blob = json.dumps(row, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.md5(blob.encode(), usedforsecurity=False).hexdigest()
+
+
+class Mapper:
+    """Maps records of one provider; build once per task, it caches the field plan."""
+
+    def __init__(self, provider: ProviderConfig, time_zone: tzinfo | None = None) -> None:
+        self.provider = provider
+        self.time_zone = parse_time_zone(provider.timestamp_time_zone) or time_zone
+        self.status_map = dict(provider.status_map)
+        self._plan = [(name, t, NORMALIZERS[t.type]) for name, t in provider.field_items()]
+        self.columns = [t.column for _, t, _ in self._plan]
+
+    def map(self, record: dict[str, Any]) -> Mapped:
+        row: dict[str, Any] = {}
+        warnings: list[str] = []
+        for name, target, fn in self._plan:
+            raw = record.get(name)
+            try:
+                value = fn(raw, target, self)
+            except ValueProblem as exc:
+                if target.required:
+                    return Mapped(None, rejected=f"required field {name} ({target.column}): {exc}")
+                warnings.append(f"field {name} ({target.column}): {exc}; stored as NULL")
+                value = None
+            if value is None and target.required:
+                return Mapped(None, rejected=f"required field {name} ({target.column}) is missing or empty")
+            row[target.column] = value
+        if "status" not in row and "mls_status" in row:
+            row["status"] = self.status_map.get(row["mls_status"] or "")
+        return Mapped(row, row_hash(row), warnings=warnings)
+
+    def map_columns(self, record: dict[str, Any], columns: set[str]) -> dict[str, Any]:
+        """Best-effort values for a few columns (the status poll's narrow records); bad values -> None."""
+        out: dict[str, Any] = {}
+        for name, target, fn in self._plan:
+            if target.column in columns and name in record:
+                try:
+                    out[target.column] = fn(record[name], target, self)
+                except ValueProblem:
+                    out[target.column] = None
+        if "status" not in out and out.get("mls_status"):
+            out["status"] = self.status_map.get(out["mls_status"])
+        return out
+
+    @staticmethod
+    def is_active(row: dict[str, Any]) -> bool:
+        return row.get("status") in ACTIVE_STATUSES

@@ -1,0 +1,110 @@
+"""What a manual run may ask for (the Airflow trigger form's conf), validated before it is used.
+
+Values from conf reach MLS queries, so they are checked against tight patterns here and escaped
+again by each source: no conf value can change a query's meaning.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+KEY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+POSTAL_RE = r"^[A-Za-z0-9][A-Za-z0-9 -]{1,11}$"
+CITY_RE = r"^[^\W\d_][\w .'-]{0,59}$"
+MAX_ITEMS = 500
+
+
+class RunOptionsError(ValueError):
+    """The run's conf is not acceptable; the message names each bad field."""
+
+
+def _clean_list(values: Any, pattern: str, what: str) -> tuple[str, ...]:
+    if values in (None, "", []):
+        return ()
+    if isinstance(values, str):
+        values = [v for v in re.split(r"[,\n]", values)]
+    out = []
+    for v in values:
+        v = str(v).strip()
+        if not v:
+            continue
+        if not re.match(pattern, v):
+            raise ValueError(f"{v!r} is not a valid {what}")
+        out.append(v)
+    if len(out) > MAX_ITEMS:
+        raise ValueError(f"at most {MAX_ITEMS} {what}s per run; split the request")
+    return tuple(dict.fromkeys(out))
+
+
+class RunOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["auto", "full", "incremental"] = "auto"
+    listing_keys: Annotated[tuple[str, ...], Field(default=())]
+    postal_codes: Annotated[tuple[str, ...], Field(default=())]
+    cities: Annotated[tuple[str, ...], Field(default=())]
+    modified_since: datetime | None = None
+    include_photos: bool = True
+    dry_run: bool = False
+
+    @field_validator("listing_keys", mode="before")
+    @classmethod
+    def _keys(cls, v: Any) -> tuple[str, ...]:
+        return _clean_list(v, KEY_RE, "listing key")
+
+    @field_validator("postal_codes", mode="before")
+    @classmethod
+    def _postal(cls, v: Any) -> tuple[str, ...]:
+        return _clean_list(v, POSTAL_RE, "postal code")
+
+    @field_validator("cities", mode="before")
+    @classmethod
+    def _cities(cls, v: Any) -> tuple[str, ...]:
+        return _clean_list(v, CITY_RE, "city")
+
+    @field_validator("modified_since", mode="before")
+    @classmethod
+    def _since(cls, v: Any) -> Any:
+        return None if v in ("", None) else v
+
+    @field_validator("modified_since")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            v = v.replace(tzinfo=UTC)
+        return v
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.listing_keys or self.postal_codes or self.cities)
+
+    @classmethod
+    def from_conf(cls, conf: dict[str, Any] | None) -> RunOptions:
+        conf = {k: v for k, v in (conf or {}).items() if v is not None}
+        try:
+            return cls.model_validate(conf)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'conf'}: {e['msg']}" for e in exc.errors())
+            raise RunOptionsError(f"invalid run conf: {problems}") from None
+
+
+# The JSON schema the Airflow trigger form renders (one Param per field).
+PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "mode": {"type": "string", "enum": ["auto", "full", "incremental"], "default": "auto",
+             "title": "Mode", "description": "auto: incremental from the watermark (full on the first run)"},
+    "listing_keys": {"type": ["array", "null"], "items": {"type": "string", "pattern": KEY_RE},
+                     "default": None, "title": "Listing keys (partial sync)", "maxItems": MAX_ITEMS},
+    "postal_codes": {"type": ["array", "null"], "items": {"type": "string", "pattern": POSTAL_RE},
+                     "default": None, "title": "Postal codes (partial sync)", "maxItems": MAX_ITEMS},
+    "cities": {"type": ["array", "null"], "items": {"type": "string", "pattern": CITY_RE},
+               "default": None, "title": "Cities (partial sync)", "maxItems": MAX_ITEMS},
+    "modified_since": {"type": ["string", "null"], "format": "date-time", "default": None,
+                       "title": "Modified since (UTC)", "description": "Overrides the watermark"},
+    "include_photos": {"type": "boolean", "default": True, "title": "Include photos"},
+    "dry_run": {"type": "boolean", "default": False, "title": "Dry run",
+                "description": "Fetch and compare; record what would change; write nothing"},
+}

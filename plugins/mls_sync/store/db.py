@@ -1,0 +1,126 @@
+"""Where the properties store lives, and getting it to the current schema.
+
+Order of precedence for the database: an explicit URL (Airflow connection on the Airflow side),
+`MLS_DATABASE_URL`, else an embedded PostgreSQL (pgserver) under `.data/pg/` for the demo.
+Never SQLite: the upserts, arrays, jsonb and triggers are PostgreSQL's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from functools import cache
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[3]
+SQL_DIR = ROOT / "include" / "sql"
+EMBEDDED_DIR = ROOT / ".data" / "pg"
+ENV_VAR = "MLS_DATABASE_URL"
+_MIGRATION_LOCK = 7_105_771  # pg_advisory_lock key: one migrator at a time
+
+
+class DatabaseConfigError(RuntimeError):
+    """The database named by configuration cannot be used; the message says which and why."""
+
+
+def _normalise(url: str) -> str:
+    # Accept the plain libpq form people paste (postgres://, postgresql://) and pick our driver.
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
+
+
+def embedded_url(data_dir: Path = EMBEDDED_DIR) -> str:
+    """Start (or reuse) the embedded PostgreSQL and return its URL; it keeps data between runs."""
+    import pgserver  # imported lazily: only the demo without MLS_DATABASE_URL needs it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir), cleanup_mode=None)
+    return server.get_uri()
+
+
+def database_url(explicit: str | None = None) -> str:
+    url = explicit or os.environ.get(ENV_VAR) or embedded_url()
+    return _normalise(url)
+
+
+@cache
+def _engine_for(url: str) -> Engine:
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4,
+                            connect_args={"application_name": "mls_sync"})
+
+
+def get_engine(url: str | None = None, *, check: bool = True) -> Engine:
+    """A pooled engine for the store; `check` turns a bad URL into one clear error line."""
+    source = "the given database URL" if url else (ENV_VAR if os.environ.get(ENV_VAR) else "embedded PostgreSQL")
+    try:
+        full = database_url(url)
+        engine = _engine_for(full)
+    except (ArgumentError, ValueError) as exc:
+        raise DatabaseConfigError(f"{source} is not a valid database URL ({exc}); "
+                                  "expected postgresql://user:password@host:5432/dbname") from None
+    if check:
+        try:
+            with engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except OperationalError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+            masked = make_url(full).render_as_string(hide_password=True)
+            raise DatabaseConfigError(f"cannot connect to PostgreSQL via {source} ({masked}): {reason}. "
+                                      f"Fix {ENV_VAR} or start the server.") from None
+    return engine
+
+
+def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
+    return sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
+
+
+def migrate(engine: Engine, sql_dir: Path = SQL_DIR) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction; returns those applied.
+
+    Files are idempotent themselves, so a half-recorded migration is safe to apply again;
+    a file that changed after it was applied is reported (not silently re-run).
+    """
+    applied: list[str] = []
+    with engine.connect() as conn:
+        # Session-level lock on this one connection: concurrent migrators (two DAG runs, a test
+        # and the demo) queue here instead of racing on CREATE statements.
+        conn.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": _MIGRATION_LOCK})
+        conn.commit()
+        try:
+            with conn.begin():
+                conn.execute(sa.text(
+                    "CREATE TABLE IF NOT EXISTS mls_schema_migrations ("
+                    " name text PRIMARY KEY, checksum text NOT NULL,"
+                    " applied_at timestamptz NOT NULL DEFAULT now())"))
+                done = dict(conn.execute(sa.text("SELECT name, checksum FROM mls_schema_migrations")).all())
+            for path in migration_files(sql_dir):
+                body = path.read_text(encoding="utf-8")
+                digest = hashlib.sha256(body.encode()).hexdigest()
+                if done.get(path.name) == digest:
+                    continue
+                if path.name in done:
+                    log.warning("migration %s changed after it was applied; re-applying (files are idempotent)",
+                                path.name)
+                with conn.begin():
+                    conn.exec_driver_sql(body)
+                    conn.execute(sa.text(
+                        "INSERT INTO mls_schema_migrations (name, checksum) VALUES (:n, :c) "
+                        "ON CONFLICT (name) DO UPDATE SET checksum = EXCLUDED.checksum, applied_at = now()"),
+                        {"n": path.name, "c": digest})
+                applied.append(path.name)
+                log.info("applied migration %s", path.name)
+        finally:
+            conn.rollback()
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:k)"), {"k": _MIGRATION_LOCK})
+            conn.commit()
+    return applied

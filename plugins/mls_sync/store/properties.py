@@ -1,0 +1,274 @@
+"""Writing MLS rows into `properties`: batch upsert, change detection, local edits, conflicts.
+
+The upsert is one `INSERT .. ON CONFLICT .. DO UPDATE .. WHERE row_hash changed` per 1,000 rows,
+so an unchanged listing costs no write at all. Rows that carry local edits take a slower path
+that decides, per edited field, what the provider's conflict policy says.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from mls_sync.columns import ACTIVE_STATUSES, EDITABLE_COLUMNS, MAPPABLE_COLUMNS
+from mls_sync.store.tables import Tables
+
+BATCH = 1000
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (datetime,)):
+        return v.isoformat()
+    if v is None or isinstance(v, (str, int, float, bool, list)):
+        return v
+    return str(v)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return _jsonable(a) == _jsonable(b)
+
+
+@dataclass
+class UpsertResult:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    conflicts: int = 0
+    max_modified: datetime | None = None
+
+
+@dataclass
+class Conflict:
+    listing_key: str
+    kind: str
+    fields: dict[str, Any]
+    resolution: str | None  # None = open (manual policy)
+
+
+def _resolve_edits(row: dict[str, Any], edits: dict[str, Any], policy: str) -> tuple[dict, Conflict | None]:
+    """Apply a provider's policy to one incoming MLS row whose listing has local edits.
+
+    Returns the new local_edits and, when the MLS changed an edited field, the conflict.
+    The row is modified in place: edited columns take the value the policy says.
+    """
+    new_edits: dict[str, Any] = {}
+    clashes: dict[str, Any] = {}
+    for col, edit in edits.items():
+        mls_new = row.get(col)
+        mls_before = edit.get("mls_value")
+        changed = not _same(mls_new, mls_before)
+        if changed:
+            clashes[col] = {"local": edit.get("value"), "mls": _jsonable(mls_new), "mls_before": mls_before}
+        if changed and policy == "mls_wins":
+            continue  # the local edit is dropped; row keeps the MLS value
+        kept = dict(edit)
+        if changed and policy == "local_wins":
+            kept["mls_value"] = _jsonable(mls_new)
+        row[col] = edit.get("value")
+        new_edits[col] = kept
+    if not clashes:
+        return new_edits, None
+    resolution = {"mls_wins": "mls", "local_wins": "local"}.get(policy)
+    return new_edits, Conflict(row["listing_key"], "field_changed", clashes, resolution)
+
+
+def record_conflict(conn: Connection, t: Tables, provider_id: str, c: Conflict, policy: str,
+                    sync_id: int | None) -> None:
+    """One open conflict per listing and kind: a newer clash refreshes the open row."""
+    now = datetime.now(UTC)
+    values = {
+        "provider_id": provider_id, "listing_key": c.listing_key, "kind": c.kind,
+        "fields": c.fields, "policy": policy, "sync_id": sync_id,
+        "state": "open" if c.resolution is None else "resolved",
+        "resolution": c.resolution,
+        "resolved_by": None if c.resolution is None else f"policy:{policy}",
+        "resolved_at": None if c.resolution is None else now,
+    }
+    if c.resolution is None:
+        stmt = pg_insert(t.property_conflicts).values(values).on_conflict_do_update(
+            index_elements=["provider_id", "listing_key", "kind"],
+            index_where=sa.text("state = 'open'"),
+            set_={"fields": values["fields"], "sync_id": sync_id},
+        )
+        conn.execute(stmt)
+    else:
+        conn.execute(t.property_conflicts.insert().values(values))
+
+
+def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
+                rows: Sequence[tuple[dict[str, Any], str]], sync_id: int | None) -> UpsertResult:
+    """Upsert (row, row_hash) pairs; returns what was added, updated and left alone."""
+    res = UpsertResult()
+    if not rows:
+        return res
+    p = t.properties
+    keys = [r["listing_key"] for r, _ in rows]
+    edited = dict(conn.execute(
+        sa.select(p.c.listing_key, p.c.local_edits).where(
+            p.c.provider_id == provider_id, p.c.listing_key.in_(keys), p.c.local_edits != sa.text("'{}'::jsonb"))
+    ).all())
+    plain: list[dict[str, Any]] = []
+    with_edits: list[dict[str, Any]] = []
+    for row, h in rows:
+        values = {c: row.get(c) for c in MAPPABLE_COLUMNS}
+        values.update(provider_id=provider_id, row_hash=h, is_active=row.get("status") in ACTIVE_STATUSES,
+                      first_sync_id=sync_id, last_sync_id=sync_id)
+        mod = row.get("mls_modified_at")
+        if mod and (res.max_modified is None or mod > res.max_modified):
+            res.max_modified = mod
+        if row["listing_key"] in edited:
+            new_edits, conflict = _resolve_edits(values, edited[row["listing_key"]], policy)
+            values["local_edits"] = new_edits
+            if conflict:
+                record_conflict(conn, t, provider_id, conflict, policy, sync_id)
+                res.conflicts += 1
+            with_edits.append(values)
+        else:
+            plain.append(values)
+    for batch, touch_edits in ((plain, False), (with_edits, True)):
+        for i in range(0, len(batch), BATCH):
+            chunk = batch[i:i + BATCH]
+            got = _upsert(conn, p, chunk, touch_edits)
+            for key, inserted in got:
+                (res.added if inserted else res.updated).append(key)
+            res.unchanged += len(chunk) - len(got)
+    return res
+
+
+def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_edits: bool) -> list[tuple[str, bool]]:
+    stmt = pg_insert(p)
+    ex = stmt.excluded
+    set_ = {c: ex[c] for c in MAPPABLE_COLUMNS if c != "listing_key"}
+    set_.update(row_hash=ex.row_hash, is_active=ex.is_active, last_sync_id=ex.last_sync_id,
+                deleted_at=None, deleted_reason=None, archived_at=None, updated_at=sa.func.now())
+    changed = p.c.row_hash.is_distinct_from(ex.row_hash) | p.c.deleted_at.isnot(None)
+    if touch_edits:
+        set_["local_edits"] = ex.local_edits
+        changed = changed | (p.c.local_edits != ex.local_edits)
+    else:
+        # A listing edited locally since we looked takes the careful path next time, not a clobber.
+        changed = changed & (p.c.local_edits == sa.text("'{}'::jsonb"))
+    stmt = stmt.on_conflict_do_update(constraint="uq_properties_provider_listing", set_=set_, where=changed)
+    stmt = stmt.returning(p.c.listing_key, sa.literal_column("(xmax = 0)").label("inserted"))
+    result = conn.execute(stmt, chunk)
+    return [(r.listing_key, bool(r.inserted)) for r in result]
+
+
+def preview_rows(conn: Connection, t: Tables, provider_id: str,
+                 rows: Sequence[tuple[dict[str, Any], str]]) -> dict[str, list[str]]:
+    """What `upsert_rows` would do, without writing: for dry runs."""
+    p = t.properties
+    keys = [r["listing_key"] for r, _ in rows]
+    existing = {k: (h, e, d) for k, h, e, d in conn.execute(
+        sa.select(p.c.listing_key, p.c.row_hash, p.c.local_edits, p.c.deleted_at).where(
+            p.c.provider_id == provider_id, p.c.listing_key.in_(keys))).all()}
+    out: dict[str, list[str]] = {"add": [], "update": [], "unchanged": [], "conflict": []}
+    for row, h in rows:
+        k = row["listing_key"]
+        if k not in existing:
+            out["add"].append(k)
+            continue
+        old_hash, edits, deleted = existing[k]
+        if old_hash == h and deleted is None:
+            out["unchanged"].append(k)
+            continue
+        out["update"].append(k)
+        if edits and any(not _same(row.get(c), e.get("mls_value")) for c, e in edits.items()):
+            out["conflict"].append(k)
+    return out
+
+
+def remove_listings(conn: Connection, t: Tables, provider_id: str, keys: Iterable[str], reason: str,
+                    policy: str, sync_id: int | None, *, dry_run: bool = False) -> dict[str, int]:
+    """Listings gone from the MLS: soft-delete, or a conflict when they carry local edits."""
+    p = t.properties
+    keys = list(keys)
+    counts = {"deleted": 0, "conflicted": 0}
+    if not keys:
+        return counts
+    rows = conn.execute(sa.select(p.c.listing_key, p.c.local_edits).where(
+        p.c.provider_id == provider_id, p.c.listing_key.in_(keys), p.c.deleted_at.is_(None))).all()
+    to_delete: list[str] = []
+    for key, edits in rows:
+        if edits:
+            counts["conflicted"] += 1
+            resolution = {"mls_wins": "mls", "local_wins": "local"}.get(policy)
+            if not dry_run:
+                record_conflict(conn, t, provider_id, Conflict(key, "deleted_in_mls", {
+                    c: {"local": e.get("value"), "mls": None, "mls_before": e.get("mls_value")}
+                    for c, e in edits.items()}, resolution), policy, sync_id)
+            if policy == "mls_wins":
+                to_delete.append(key)
+        else:
+            to_delete.append(key)
+    counts["deleted"] = len(to_delete)
+    if to_delete and not dry_run:
+        conn.execute(p.update().where(p.c.provider_id == provider_id, p.c.listing_key.in_(to_delete)).values(
+            deleted_at=sa.func.now(), deleted_reason=reason, is_active=False, last_sync_id=sync_id,
+            updated_at=sa.func.now()))
+    return counts
+
+
+def edit_property(conn: Connection, t: Tables, provider_id: str, listing_key: str,
+                  changes: dict[str, Any], by: str) -> dict[str, Any]:
+    """The one way the application edits a synced listing, so syncs can see and respect it.
+
+    Each edited column remembers the MLS value it replaced; a later MLS change to that column is
+    then a conflict decided by the provider's policy instead of a silent overwrite.
+    """
+    bad = set(changes) - EDITABLE_COLUMNS
+    if bad:
+        raise ValueError(f"columns {sorted(bad)} cannot be edited locally; editable: {sorted(EDITABLE_COLUMNS)}")
+    p = t.properties
+    cur = conn.execute(sa.select(p).where(p.c.provider_id == provider_id, p.c.listing_key == listing_key)
+                       .with_for_update()).mappings().first()
+    if cur is None:
+        raise LookupError(f"no listing {listing_key!r} for provider {provider_id!r}")
+    now = datetime.now(UTC)
+    edits = dict(cur["local_edits"] or {})
+    for col, value in changes.items():
+        before = edits.get(col, {}).get("mls_value", _jsonable(cur[col]))
+        edits[col] = {"value": _jsonable(value), "mls_value": before, "by": by, "at": now.isoformat()}
+    values = dict(changes, local_edits=edits, local_edited_by=by, local_edited_at=now, updated_at=now)
+    if "status" in changes:
+        values["is_active"] = changes["status"] in ACTIVE_STATUSES
+    conn.execute(p.update().where(p.c.id == cur["id"]).values(values))
+    return edits
+
+
+def clear_local_edit(conn: Connection, t: Tables, provider_id: str, listing_key: str,
+                     columns: Iterable[str], *, restore_mls: bool) -> None:
+    """Drop local edits for columns, optionally putting the remembered MLS value back."""
+    p = t.properties
+    cur = conn.execute(sa.select(p.c.id, p.c.local_edits).where(
+        p.c.provider_id == provider_id, p.c.listing_key == listing_key).with_for_update()).first()
+    if cur is None:
+        return
+    edits = dict(cur.local_edits or {})
+    values: dict[str, Any] = {}
+    for col in columns:
+        edit = edits.pop(col, None)
+        if edit is not None and restore_mls:
+            values[col] = _coerce(col, edit.get("mls_value"))
+    values.update(local_edits=edits, updated_at=sa.func.now(),
+                  row_hash="")  # force the next sync to rewrite the row from the MLS
+    conn.execute(p.update().where(p.c.id == cur.id).values(values))
+
+
+def _coerce(col: str, v: Any) -> Any:
+    """JSON-stored values back to what the column takes (timestamps come back as text)."""
+    if v is None:
+        return None
+    kind = MAPPABLE_COLUMNS.get(col)
+    if kind == "timestamp" and isinstance(v, str):
+        return datetime.fromisoformat(v)
+    if kind == "list" and isinstance(v, str):
+        return json.loads(v)
+    return v

@@ -1,0 +1,55 @@
+"""The raw landing table: what the MLS sent, keyed by listing, so fetch and load are decoupled.
+
+Fetch lands each page in one transaction together with its checkpoint, so a fetch killed at any
+moment resumes after the last landed page, and overlapping pages collapse onto one row per key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection, Engine
+
+from mls_sync.store.tables import Tables
+
+DELETED_MARKER = "__deleted__"
+
+
+def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
+         records: Sequence[tuple[str, dict[str, Any]]]) -> int:
+    """Upsert (listing_key, record) pairs for this run; returns how many were landed."""
+    if not records:
+        return 0
+    r = t.mls_raw_records
+    rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
+             "deleted": bool(rec.get(DELETED_MARKER))} for k, rec in records]
+    stmt = pg_insert(r)
+    stmt = stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
+        "sync_id": stmt.excluded.sync_id, "payload": stmt.excluded.payload,
+        "deleted": stmt.excluded.deleted, "fetched_at": sa.func.now()})
+    conn.execute(stmt, rows)
+    return len(rows)
+
+
+def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_key: str | None = None,
+             batch: int = 1000) -> Iterator[list[tuple[str, dict[str, Any], bool]]]:
+    """This run's landed records in key order, `batch` at a time, from a server-side cursor."""
+    r = t.mls_raw_records
+    q = sa.select(r.c.listing_key, r.c.payload, r.c.deleted).where(
+        r.c.provider_id == provider_id, r.c.sync_id == sync_id)
+    if after_key is not None:
+        q = q.where(r.c.listing_key > after_key)
+    q = q.order_by(r.c.listing_key)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
+        for part in result.partitions(batch):
+            yield [(k, p, d) for k, p, d in part]
+
+
+def keys_seen(conn: Connection, t: Tables, provider_id: str, sync_id: int) -> set[str]:
+    r = t.mls_raw_records
+    return set(conn.execute(sa.select(r.c.listing_key).where(
+        r.c.provider_id == provider_id, r.c.sync_id == sync_id)).scalars())

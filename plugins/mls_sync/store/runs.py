@@ -1,0 +1,119 @@
+"""Sync bookkeeping: `mls_sync_status` (one row per provider) and `mls_sync_history` (per run)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Connection
+
+from mls_sync.store.tables import Tables
+
+COUNT_COLUMNS = ("records_fetched", "pages_fetched", "added", "updated", "unchanged", "deleted",
+                 "status_changes", "conflicted", "failed", "photos_added", "photos_removed",
+                 "photos_failed", "photo_bytes", "requests")
+
+
+def ensure_status(conn: Connection, t: Tables, provider_id: str, name: str, protocol: str,
+                  enabled: bool = True) -> None:
+    s = t.mls_sync_status
+    stmt = pg_insert(s).values(provider_id=provider_id, provider_name=name, protocol=protocol,
+                               state="idle" if enabled else "disabled")
+    conn.execute(stmt.on_conflict_do_update(
+        index_elements=["provider_id"],
+        set_={"provider_name": name, "protocol": protocol,
+              "state": sa.case((s.c.state == "disabled", "idle"), else_=s.c.state) if enabled else "disabled"}))
+
+
+def get_status(conn: Connection, t: Tables, provider_id: str) -> dict[str, Any] | None:
+    s = t.mls_sync_status
+    row = conn.execute(sa.select(s).where(s.c.provider_id == provider_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def open_run(conn: Connection, t: Tables, *, provider_id: str, dag_id: str | None, dag_run_id: str | None,
+             mode: str, trigger: str, dry_run: bool, conf: dict[str, Any],
+             watermark_before: datetime | None) -> tuple[int, bool]:
+    """Create the run's history row, or find it when a retried `plan` comes back: (id, is_new)."""
+    h = t.mls_sync_history
+    if dag_run_id is not None:
+        found = conn.execute(sa.select(h.c.id).where(
+            h.c.provider_id == provider_id, h.c.dag_id == dag_id, h.c.dag_run_id == dag_run_id)).scalar()
+        if found is not None:
+            conn.execute(h.update().where(h.c.id == found).values(state="running", finished_at=None))
+            return int(found), False
+    new_id = conn.execute(h.insert().values(
+        provider_id=provider_id, dag_id=dag_id, dag_run_id=dag_run_id, mode=mode, trigger=trigger,
+        dry_run=dry_run, conf=conf, watermark_before=watermark_before).returning(h.c.id)).scalar_one()
+    return int(new_id), True
+
+
+def mark_running(conn: Connection, t: Tables, provider_id: str, sync_id: int, stage: str,
+                 progress: dict[str, Any] | None = None) -> None:
+    s = t.mls_sync_status
+    values: dict[str, Any] = {"state": "running", "current_sync_id": sync_id, "current_stage": stage,
+                              "updated_at": sa.func.now()}
+    if progress is not None:
+        values["progress"] = progress
+    conn.execute(s.update().where(s.c.provider_id == provider_id).values(values))
+
+
+def update_history(conn: Connection, t: Tables, sync_id: int, **values: Any) -> None:
+    h = t.mls_sync_history
+    conn.execute(h.update().where(h.c.id == sync_id).values(**values))
+
+
+def add_counts(conn: Connection, t: Tables, sync_id: int, counts: dict[str, int]) -> None:
+    """Add to the run's counters (a retried stage first subtracts what it had added)."""
+    h = t.mls_sync_history
+    values = {k: getattr(h.c, k) + int(v) for k, v in counts.items() if k in COUNT_COLUMNS and v}
+    if values:
+        conn.execute(h.update().where(h.c.id == sync_id).values(values))
+
+
+def record_stage(conn: Connection, t: Tables, sync_id: int, stage: str, seconds: float,
+                 extra: dict[str, Any] | None = None) -> None:
+    h = t.mls_sync_history
+    patch: dict[str, Any] = {stage: round(seconds, 3)}
+    stmt = h.update().where(h.c.id == sync_id).values(
+        stage_timings=h.c.stage_timings.op("||")(sa.cast(patch, h.c.stage_timings.type)))
+    conn.execute(stmt)
+    if extra:
+        conn.execute(h.update().where(h.c.id == sync_id).values(
+            report=h.c.report.op("||")(sa.cast(extra, h.c.report.type))))
+
+
+def get_run(conn: Connection, t: Tables, sync_id: int) -> dict[str, Any]:
+    h = t.mls_sync_history
+    return dict(conn.execute(sa.select(h).where(h.c.id == sync_id)).mappings().one())
+
+
+def close_run(conn: Connection, t: Tables, sync_id: int, *, state: str, error_summary: str | None,
+              watermark_after: datetime | None, move_watermark: bool, unresolved_errors: int) -> dict[str, Any]:
+    """Finish the history row and the provider's status; the watermark only moves on success."""
+    h, s = t.mls_sync_history, t.mls_sync_status
+    run = get_run(conn, t, sync_id)
+    now = datetime.now(UTC)
+    duration = (now - run["started_at"]).total_seconds()
+    conn.execute(h.update().where(h.c.id == sync_id).values(
+        state=state, finished_at=now, duration_seconds=duration, error_summary=error_summary,
+        watermark_after=watermark_after if move_watermark else run["watermark_before"]))
+    counts = {k: run[k] for k in COUNT_COLUMNS}
+    values: dict[str, Any] = {
+        "state": "idle" if state in ("success", "cancelled") else "failed",
+        "current_sync_id": None, "current_stage": None, "progress": {},
+        "last_run_at": run["started_at"], "last_run_mode": run["mode"], "last_counts": counts,
+        "last_duration_seconds": duration, "error_count": unresolved_errors, "updated_at": now,
+    }
+    if state == "success":
+        values.update(last_success_at=now, consecutive_failures=0)
+        if move_watermark and watermark_after is not None:
+            values["watermark"] = sa.func.greatest(s.c.watermark, watermark_after)
+    elif state == "failed":
+        values.update(last_failure_at=now, last_error=error_summary,
+                      consecutive_failures=s.c.consecutive_failures + 1)
+    conn.execute(s.update().where(s.c.provider_id == run["provider_id"]).values(values))
+    run.update(state=state, duration_seconds=duration, error_summary=error_summary)
+    return run

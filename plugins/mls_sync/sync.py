@@ -1,0 +1,484 @@
+"""The sync run as stages: plan -> fetch -> transform_load -> reconcile -> (media) -> finalize.
+
+Each stage takes a `SyncContext` and the small dict `plan` returned, reads and writes PostgreSQL,
+and returns a small dict (XCom-sized: counts and ids, never records). Every stage is safe to
+retry: fetch resumes from its checkpoint, transform_load from the last committed key, and
+writes are idempotent upserts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from mls_sync.columns import STANDARD_STATUSES
+from mls_sync.config import ProviderConfig
+from mls_sync.connections import Connection
+from mls_sync.mapping import Mapper, parse_time_zone
+from mls_sync.run_options import RunOptions
+from mls_sync.sources import open_source
+from mls_sync.sources.base import SearchCriteria, Source
+from mls_sync.store import errors as err_store
+from mls_sync.store import properties as prop_store
+from mls_sync.store import raw as raw_store
+from mls_sync.store import runs
+from mls_sync.store.tables import Tables, tables
+
+log = logging.getLogger(__name__)
+RECONCILE_KEYS_PER_QUERY = 200
+
+
+@dataclass
+class SyncContext:
+    """Everything a stage needs, built by the Airflow task (or the CLI) from connections."""
+
+    provider: ProviderConfig
+    db: Engine
+    mls: Connection
+    source_factory: Callable[[ProviderConfig, Connection], Source] = open_source
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def t(self) -> Tables:
+        return tables(self.db)
+
+    def source(self) -> Source:
+        return self.source_factory(self.provider, self.mls)
+
+
+def _iso(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def _dt(s: str | None) -> datetime | None:
+    return datetime.fromisoformat(s) if s else None
+
+
+@contextmanager
+def _stage(ctx: SyncContext, plan: dict[str, Any], name: str) -> Iterator[dict[str, Any]]:
+    """Time a stage into the history row and show it as the provider's current stage."""
+    started = time.monotonic()
+    with ctx.db.begin() as c:
+        runs.mark_running(c, ctx.t, ctx.provider.provider_id, plan["sync_id"], name)
+    extra: dict[str, Any] = {}
+    yield extra
+    with ctx.db.begin() as c:
+        runs.record_stage(c, ctx.t, plan["sync_id"], name, time.monotonic() - started, extra or None)
+
+
+# ---------------------------------------------------------------- plan
+
+def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: dict[str, Any] | None,
+         trigger: str = "scheduled") -> dict[str, Any]:
+    """Decide full / incremental / partial and open the run's history row."""
+    p = ctx.provider
+    opts = RunOptions.from_conf(conf)
+    started = time.monotonic()
+    with ctx.db.begin() as c:
+        runs.ensure_status(c, ctx.t, p.provider_id, p.name, p.protocol, p.enabled)
+        status = runs.get_status(c, ctx.t, p.provider_id) or {}
+        watermark = status.get("watermark")
+        since = opts.modified_since
+        if opts.partial:
+            mode = "partial"
+        elif opts.mode == "full":
+            mode = "full"
+        else:
+            if since is None and watermark is not None:
+                since = watermark - timedelta(minutes=p.overlap_minutes)
+            mode = "incremental" if since is not None else "full"
+        if mode == "full":
+            since = None
+        sync_id, _ = runs.open_run(
+            c, ctx.t, provider_id=p.provider_id, dag_id=dag_id, dag_run_id=dag_run_id, mode=mode,
+            trigger=trigger, dry_run=opts.dry_run, conf=opts.model_dump(mode="json"),
+            watermark_before=watermark)
+        runs.mark_running(c, ctx.t, p.provider_id, sync_id, "plan", {})
+        runs.record_stage(c, ctx.t, sync_id, "plan", time.monotonic() - started)
+    out = {
+        "sync_id": sync_id, "provider_id": p.provider_id, "mode": mode, "dry_run": opts.dry_run,
+        "include_photos": opts.include_photos and p.media.enabled, "since": _iso(since),
+        "listing_keys": list(opts.listing_keys), "postal_codes": list(opts.postal_codes),
+        "cities": list(opts.cities), "watermark_before": _iso(watermark), "trigger": trigger,
+    }
+    log.info("plan: provider=%s sync_id=%s mode=%s since=%s dry_run=%s", p.provider_id, sync_id, mode,
+             out["since"], opts.dry_run)
+    return out
+
+
+def criteria_for(provider: ProviderConfig, plan: dict[str, Any]) -> SearchCriteria:
+    if plan["mode"] == "partial":
+        return SearchCriteria(listing_keys=tuple(plan["listing_keys"]), postal_codes=tuple(plan["postal_codes"]),
+                              cities=tuple(plan["cities"]), modified_since=_dt(plan.get("since")))
+    if plan["mode"] == "full":
+        return SearchCriteria(statuses=provider.source_statuses(provider.full_sync_statuses))
+    return SearchCriteria(modified_since=_dt(plan["since"]))
+
+
+# ---------------------------------------------------------------- fetch
+
+def _key_of(ctx: SyncContext, rec: dict[str, Any]) -> str | None:
+    k = rec.get(ctx.provider.roles().key)
+    return str(k).strip() if k not in (None, "") else None
+
+
+def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, Any]],
+               cursor: dict[str, Any] | None, number: int, totals: dict[str, int]) -> None:
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    keyed, keyless = [], []
+    for rec in records:
+        k = _key_of(ctx, rec)
+        (keyed.append((k, rec)) if k else keyless.append(rec))
+    with ctx.db.begin() as c:
+        raw_store.land(c, t, p.provider_id, sid, keyed)
+        for rec in keyless:
+            err_store.record_error(c, t, provider_id=p.provider_id, stage="fetch", category="data",
+                                   ref=f"keyless:{sid}:{number}", message=f"record without {p.roles().key}",
+                                   payload=rec, sync_id=sid, max_attempts=1)
+        totals["pages"] += 1
+        totals["records"] += len(keyed)
+        totals["keyless"] += len(keyless)
+        values: dict[str, Any] = {"pages_fetched": totals["pages"], "records_fetched": totals["records"]}
+        if cursor is not None:
+            values["fetch_cursor"] = cursor
+        runs.update_history(c, t, sid, **values)
+        runs.mark_running(c, t, p.provider_id, sid, "fetch",
+                          {"pages": totals["pages"], "records": totals["records"]})
+
+
+def _source_time_zone(source: Source) -> str | None:
+    tz = getattr(source, "time_zone", None)
+    if tz is None:
+        return None
+    if isinstance(tz, str):
+        return tz
+    off = tz.utcoffset(None) if isinstance(tz, tzinfo) else None
+    if off is None:
+        return getattr(tz, "key", None)
+    minutes = int(off.total_seconds() // 60)
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
+    """Stream the search into the raw table, page by page, checkpointing the cursor."""
+    p, sid = ctx.provider, plan["sync_id"]
+    with ctx.db.connect() as c:
+        run = runs.get_run(c, ctx.t, sid)
+    cursor = run["fetch_cursor"]
+    totals = {"pages": run["pages_fetched"] if cursor else 0,
+              "records": run["records_fetched"] if cursor else 0, "keyless": 0}
+    resumed = bool(cursor)
+    with _stage(ctx, plan, "fetch") as extra, ctx.source() as source:
+        if not (cursor or {}).get("done"):
+            criteria = criteria_for(p, plan)
+            if resumed:
+                log.info("fetch: resuming sync %s after page %s (cursor %s)", sid, totals["pages"], cursor)
+            for page in source.pages(criteria, resume_from=cursor or None):
+                _land_page(ctx, plan, page.records, page.cursor, page.number, totals)
+            retry_keys: list[str] = []
+            if plan["mode"] != "partial":
+                with ctx.db.connect() as c:
+                    retry_keys = err_store.due_refs(c, ctx.t, p.provider_id, "transform")
+            for i in range(0, len(retry_keys), RECONCILE_KEYS_PER_QUERY):
+                chunk = tuple(retry_keys[i:i + RECONCILE_KEYS_PER_QUERY])
+                for page in source.pages(SearchCriteria(listing_keys=chunk)):
+                    _land_page(ctx, plan, page.records, None, page.number, totals)
+            extra["retried_keys"] = len(retry_keys)
+        tz = _source_time_zone(source)
+        stats = dict(getattr(source, "stats", {}) or {})
+        with ctx.db.begin() as c:
+            h = ctx.t.mls_sync_history
+            state = {"source_time_zone": tz} if tz else {}
+            c.execute(h.update().where(h.c.id == sid).values(
+                fetch_cursor={"done": True}, requests=int(stats.get("requests", 0) or 0),
+                stage_state=h.c.stage_state.op("||")(sa.cast(state, h.c.stage_state.type))))
+        extra["fetch_resumed"] = resumed
+    log.info("fetch: sync %s landed %d records in %d pages (%d without a key)", sid, totals["records"],
+             totals["pages"], totals["keyless"])
+    return {"pages": totals["pages"], "records": totals["records"], "resumed": resumed,
+            "requests": int(stats.get("requests", 0) or 0)}
+
+
+# ---------------------------------------------------------------- transform_load
+
+def _mapper(ctx: SyncContext, run: dict[str, Any]) -> Mapper:
+    tz = parse_time_zone((run.get("stage_state") or {}).get("source_time_zone"))
+    return Mapper(ctx.provider, time_zone=tz)
+
+
+def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | None) -> bool:
+    if deleted_flag or rec.get(raw_store.DELETED_MARKER):
+        return True
+    return bool(status_field and rec.get(status_field) == "Delete")
+
+
+def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
+                 batch: list[tuple[str, dict[str, Any], bool]], acc: dict[str, Any]) -> None:
+    """Map, validate and write one batch in one transaction (or preview it on a dry run)."""
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    dry = plan["dry_run"]
+    good: list[tuple[dict[str, Any], str]] = []
+    removals: list[str] = []
+    rejected: list[tuple[str, str, dict[str, Any]]] = []
+    warned: list[tuple[str, str, dict[str, Any]]] = []
+    status_field = p.roles().status
+    for key, rec, deleted in batch:
+        if _is_removal(rec, deleted, status_field):
+            removals.append(key)
+            continue
+        m = mapper.map(rec)
+        if m.row is None:
+            rejected.append((key, m.rejected or "rejected", rec))
+            continue
+        good.append((m.row, m.row_hash or ""))
+        if m.warnings:
+            warned.append((key, "; ".join(m.warnings), rec))
+        mod = m.row.get("mls_modified_at")
+        if mod and (acc["max_modified"] is None or mod > acc["max_modified"]):
+            acc["max_modified"] = mod
+    counts: dict[str, int] = {}
+    with ctx.db.begin() as c:
+        if dry:
+            preview = prop_store.preview_rows(c, t, p.provider_id, good)
+            gone = prop_store.remove_listings(c, t, p.provider_id, removals, "removed by the MLS",
+                                              p.conflicts.policy, sid, dry_run=True)
+            counts = {"added": len(preview["add"]), "updated": len(preview["update"]),
+                      "unchanged": len(preview["unchanged"]), "conflicted": len(preview["conflict"]) +
+                      gone["conflicted"], "deleted": gone["deleted"], "failed": len(rejected)}
+            sample = acc.setdefault("preview", {"add": [], "update": [], "conflict": [], "delete": []})
+            for kind, keys in (("add", preview["add"]), ("update", preview["update"]),
+                               ("conflict", preview["conflict"]), ("delete", removals)):
+                sample[kind].extend(keys[: max(0, 50 - len(sample[kind]))])
+        else:
+            res = prop_store.upsert_rows(c, t, p.provider_id, p.conflicts.policy, good, sid)
+            gone = prop_store.remove_listings(c, t, p.provider_id, removals, "removed by the MLS",
+                                              p.conflicts.policy, sid)
+            counts = {"added": len(res.added), "updated": len(res.updated), "unchanged": res.unchanged,
+                      "conflicted": res.conflicts + gone["conflicted"], "deleted": gone["deleted"],
+                      "failed": len(rejected)}
+            acc["changed_keys"] += len(res.added) + len(res.updated)
+            for key, reason, rec in rejected:
+                err_store.record_error(c, t, provider_id=p.provider_id, stage="transform", category="data",
+                                       ref=key, message=reason, payload=rec, sync_id=sid,
+                                       max_attempts=p.retry.record_max_attempts,
+                                       base_minutes=p.retry.record_retry_base_minutes)
+            for key, reason, rec in warned:
+                err_store.record_error(c, t, provider_id=p.provider_id, stage="transform_warning",
+                                       category="data", ref=key, message=reason, payload=rec, sync_id=sid,
+                                       max_attempts=1)
+            err_store.resolve(c, t, p.provider_id, "transform", [r["listing_key"] for r, _ in good])
+        runs.add_counts(c, t, sid, counts)
+        state = {"transform_after": batch[-1][0]}
+        if acc["max_modified"] is not None:
+            state["max_modified"] = acc["max_modified"].isoformat()
+        h = t.mls_sync_history
+        c.execute(h.update().where(h.c.id == sid).values(
+            stage_state=h.c.stage_state.op("||")(sa.cast(state, h.c.stage_state.type))))
+        acc["processed"] += len(batch)
+        runs.mark_running(c, t, p.provider_id, sid, "transform_load", {"records": acc["processed"]})
+    for k, v in counts.items():
+        acc["counts"][k] = acc["counts"].get(k, 0) + v
+
+
+def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
+    """Map the run's landed records and upsert them 1,000 per statement; resumable by key."""
+    sid = plan["sync_id"]
+    with ctx.db.connect() as c:
+        run = runs.get_run(c, ctx.t, sid)
+    state = run.get("stage_state") or {}
+    acc: dict[str, Any] = {"max_modified": _dt(state.get("max_modified")), "processed": 0, "counts": {},
+                           "changed_keys": 0}
+    mapper = _mapper(ctx, run)
+    with _stage(ctx, plan, "transform_load") as extra:
+        for batch in raw_store.iter_run(ctx.db, ctx.t, ctx.provider.provider_id, sid,
+                                        after_key=state.get("transform_after")):
+            load_records(ctx, plan, mapper, batch, acc)
+        if plan["dry_run"] and acc.get("preview"):
+            extra["dry_run_preview"] = acc["preview"]
+    log.info("transform_load: sync %s processed %d records: %s", sid, acc["processed"], acc["counts"])
+    return {"processed": acc["processed"], **acc["counts"]}
+
+
+# ---------------------------------------------------------------- reconcile
+
+def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
+    """On full syncs, find listings that left the active set or vanished from the MLS.
+
+    A listing we hold as active but the full (active-only) search did not return is asked for by
+    key: if the MLS still has it, its new status is loaded (Closed, Withdrawn...); if not, it was
+    deleted and is soft-deleted, or becomes a conflict when it carries local edits.
+    """
+    if plan["mode"] != "full":
+        return {"checked": 0, "deleted": 0, "refreshed": 0}
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    pr, rr = t.properties, t.mls_raw_records
+    with ctx.db.connect() as c:
+        missing = list(c.execute(sa.select(pr.c.listing_key).select_from(
+            pr.outerjoin(rr, sa.and_(rr.c.provider_id == pr.c.provider_id, rr.c.listing_key == pr.c.listing_key,
+                                     rr.c.sync_id == sid))).where(
+            pr.c.provider_id == p.provider_id, pr.c.deleted_at.is_(None), pr.c.is_active.is_(True),
+            rr.c.listing_key.is_(None))).scalars())
+        run = runs.get_run(c, t, sid)
+    out = {"checked": len(missing), "deleted": 0, "refreshed": 0, "conflicted": 0}
+    if not missing:
+        return out
+    mapper = _mapper(ctx, run)
+    acc: dict[str, Any] = {"max_modified": None, "processed": 0, "counts": {}, "changed_keys": 0}
+    with _stage(ctx, plan, "reconcile") as extra, ctx.source() as source:
+        found: set[str] = set()
+        for i in range(0, len(missing), RECONCILE_KEYS_PER_QUERY):
+            chunk = tuple(missing[i:i + RECONCILE_KEYS_PER_QUERY])
+            for page in source.pages(SearchCriteria(listing_keys=chunk)):
+                batch = []
+                for rec in page.records:
+                    k = _key_of(ctx, rec)
+                    if k:
+                        found.add(k)
+                        batch.append((k, rec, bool(rec.get(raw_store.DELETED_MARKER))))
+                if batch:
+                    with ctx.db.begin() as c:
+                        raw_store.land(c, t, p.provider_id, sid, [(k, r) for k, r, _ in batch])
+                    load_records(ctx, plan, mapper, batch, acc)
+        vanished = [k for k in missing if k not in found]
+        with ctx.db.begin() as c:
+            gone = prop_store.remove_listings(c, t, p.provider_id, vanished, "not in the MLS (full sync)",
+                                              p.conflicts.policy, sid, dry_run=plan["dry_run"])
+            runs.add_counts(c, t, sid, {"deleted": gone["deleted"], "conflicted": gone["conflicted"]})
+        out.update(deleted=gone["deleted"] + acc["counts"].get("deleted", 0), refreshed=len(found),
+                   conflicted=gone["conflicted"] + acc["counts"].get("conflicted", 0))
+        extra["reconcile"] = out
+    log.info("reconcile: sync %s %s", sid, out)
+    return out
+
+
+# ---------------------------------------------------------------- finalize
+
+def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[str] | None = None,
+             *, cancelled: bool = False) -> dict[str, Any]:
+    """Close the run whatever happened upstream; the watermark moves only past stored records."""
+    if not plan:
+        return {"state": "failed", "error_summary": "plan did not run"}
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    failed_tasks = failed_tasks or []
+    with ctx.db.begin() as c:
+        run = runs.get_run(c, t, sid)
+        sh = t.property_status_history
+        status_changes = c.execute(sa.select(sa.func.count()).select_from(sh).where(
+            sh.c.provider_id == p.provider_id, sh.c.sync_id == sid)).scalar_one()
+        runs.update_history(c, t, sid, status_changes=status_changes)
+        state = "cancelled" if cancelled else ("failed" if failed_tasks else "success")
+        summary = f"failed tasks: {', '.join(failed_tasks)}" if failed_tasks else None
+        if cancelled:
+            summary = "cancelled by an operator"
+        max_mod = _dt((run.get("stage_state") or {}).get("max_modified"))
+        move = state == "success" and not run["dry_run"] and run["mode"] in ("full", "incremental")
+        closed = runs.close_run(c, t, sid, state=state, error_summary=summary, watermark_after=max_mod,
+                                move_watermark=move,
+                                unresolved_errors=err_store.unresolved_count(c, t, p.provider_id))
+    fetched = max(int(closed["records_fetched"]), 1)
+    error_rate = closed["failed"] / fetched
+    result = {
+        "sync_id": sid, "provider_id": p.provider_id, "state": state, "mode": closed["mode"],
+        "dry_run": closed["dry_run"], "duration_seconds": round(closed["duration_seconds"], 2),
+        "error_rate": round(error_rate, 4), "error_summary": summary,
+        **{k: int(closed[k]) for k in runs.COUNT_COLUMNS}, "status_changes": int(status_changes),
+        "alerts": [],
+    }
+    if error_rate > p.alerts.max_error_rate and closed["records_fetched"]:
+        result["alerts"].append(f"error rate {error_rate:.1%} above {p.alerts.max_error_rate:.0%}")
+    if closed["duration_seconds"] > p.alerts.max_duration_minutes * 60:
+        result["alerts"].append(f"run took {closed['duration_seconds'] / 60:.1f} min, "
+                                f"over {p.alerts.max_duration_minutes} min")
+    log.info("finalize: %s", result)
+    return result
+
+
+def mark_cancelled_if_running(ctx: SyncContext, dag_id: str, dag_run_id: str) -> bool:
+    """For a run stopped from the UI (finalize never ran): keep the watermark, say cancelled."""
+    h = ctx.t.mls_sync_history
+    with ctx.db.connect() as c:
+        row = c.execute(sa.select(h.c.id, h.c.state).where(
+            h.c.provider_id == ctx.provider.provider_id, h.c.dag_id == dag_id,
+            h.c.dag_run_id == dag_run_id)).first()
+    if row is None or row.state != "running":
+        return False
+    finalize(ctx, {"sync_id": row.id}, cancelled=True)
+    return True
+
+
+# ---------------------------------------------------------------- status poll
+
+def status_poll(ctx: SyncContext, *, dag_id: str | None = None, dag_run_id: str | None = None) -> dict[str, Any]:
+    """Apply status changes quickly: ask only for key, status and timestamps changed lately."""
+    p, t = ctx.provider, ctx.t
+    roles = p.roles()
+    status_cols = {"status", "mls_status", "status_changed_at", "mls_modified_at"}
+    wanted = [(name, tg) for name, tg in p.field_items() if tg.column in status_cols]
+    select = tuple(dict.fromkeys([roles.key, roles.modified] + [n for n, _ in wanted]))
+    with ctx.db.begin() as c:
+        runs.ensure_status(c, t, p.provider_id, p.name, p.protocol, p.enabled)
+        status = runs.get_status(c, t, p.provider_id) or {}
+    base = status.get("status_watermark") or status.get("watermark")
+    if base is None:
+        return {"skipped": "no full sync yet", "changed": 0}
+    since = base - timedelta(minutes=p.overlap_minutes)
+    mapper = Mapper(p)
+    newest = base
+    changed = seen = 0
+    pr = t.properties
+    with ctx.source() as source:
+        mapper.time_zone = mapper.time_zone or parse_time_zone(_source_time_zone(source))
+        for page in source.pages(SearchCriteria(modified_since=since, select=select)):
+            updates = []
+            for rec in page.records:
+                key = _key_of(ctx, rec)
+                if not key:
+                    continue
+                seen += 1
+                row = mapper.map_columns(rec, status_cols)
+                mod = row.get("mls_modified_at")
+                if mod and mod > newest:
+                    newest = mod
+                st = "Delete" if rec.get(raw_store.DELETED_MARKER) else row.get("status")
+                if st in STANDARD_STATUSES:
+                    updates.append({"k": key, "st": st, "ms": row.get("mls_status"),
+                                    "sc": row.get("status_changed_at"), "act": Mapper.is_active({"status": st})})
+            if updates:
+                with ctx.db.begin() as c:
+                    stmt = pr.update().where(
+                        pr.c.provider_id == p.provider_id, pr.c.listing_key == sa.bindparam("k"),
+                        pr.c.status.is_distinct_from(sa.bindparam("st"))).values(
+                        status=sa.bindparam("st"), is_active=sa.bindparam("act"),
+                        status_changed_at=sa.func.coalesce(sa.bindparam("sc", type_=pr.c.status_changed_at.type),
+                                                           sa.func.now()),
+                        updated_at=sa.func.now())
+                    if any(u["ms"] is not None for u in updates):
+                        stmt = stmt.values(mls_status=sa.bindparam("ms"))
+                    res = c.execute(stmt, updates)
+                    changed += res.rowcount or 0
+    with ctx.db.begin() as c:
+        archived = c.execute(pr.update().where(
+            pr.c.provider_id == p.provider_id, pr.c.is_active.is_(False), pr.c.archived_at.is_(None),
+            pr.c.deleted_at.is_(None),
+            sa.func.coalesce(pr.c.status_changed_at, pr.c.updated_at)
+            < sa.func.now() - sa.func.make_interval(0, 0, 0, p.status_poll.archive_after_days)
+        ).values(archived_at=sa.func.now())).rowcount or 0
+        s = t.mls_sync_status
+        c.execute(s.update().where(s.c.provider_id == p.provider_id).values(
+            status_watermark=sa.func.greatest(s.c.status_watermark, newest), updated_at=sa.func.now()))
+    out = {"seen": seen, "changed": changed, "archived": archived, "since": _iso(since)}
+    log.info("status poll %s: %s", p.provider_id, out)
+    return out
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
