@@ -88,7 +88,7 @@ class SearchCriteria:
 
 @dataclass
 class Page:
-    """One bounded page of records plus the cursor that resumes *after* it."""
+    """One bounded page plus the cursor resuming *after* it; removals stay in, marked `"__deleted__": True`."""
 
     records: list[dict[str, Any]]
     cursor: dict[str, Any]  # JSON-serialisable; pass back as `resume_from`
