@@ -56,7 +56,7 @@ _REDUCING_GAP = 3.0  # integer pre-reduction for big steps; beyond 3x it is visu
 
 
 class ImageError(ValueError):
-    """The bytes cannot become photo variants. `reason`: not_an_image | truncated | too_large | corrupt.
+    """The bytes cannot become photo variants. `reason`: not_an_image, truncated, too_large, corrupt.
 
     Data errors: the media stage logs them against the photo and never retries.
     """
@@ -182,8 +182,10 @@ def _sniff(data: bytes) -> str | None:
 
 def _load(im: Image.Image) -> None:
     # LOAD_TRUNCATED_IMAGES is process-global and someone may have set it; we never accept
-    # silently grey-padded photos.
-    saved, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+    # silently grey-padded photos. Only touched when set, as other threads may be decoding.
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    if saved:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         im.load()
     except Image.DecompressionBombError as exc:
@@ -194,7 +196,8 @@ def _load(im: Image.Image) -> None:
             raise ImageError(f"truncated: the image data ends early ({text})", reason="truncated") from exc
         raise ImageError(f"corrupt image data: {text}", reason="corrupt") from exc
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = saved
+        if saved:
+            ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 @functools.lru_cache(maxsize=32)
@@ -224,8 +227,8 @@ def _to_srgb(im: Image.Image) -> Image.Image:
     elif mode in ("LA", "La", "RGBa"):
         im = im.convert("RGBA")
     elif mode.startswith("I") or mode == "F":  # 16-bit / float greyscale (PNG, TIFF)
-        scale = 1 / 256 if mode.startswith("I;16") or mode == "I" else 255
-        im = im.point(lambda v: v * scale).convert("L")
+        wide, scale = ("F", 255) if mode == "F" else ("I", 1 / 256)
+        im = im.convert(wide).point(lambda v: v * scale).convert("L")
     if im.mode == "RGBA" and im.getchannel("A").getextrema()[0] == 255:
         im = im.convert("RGB")
     icc = im.info.get("icc_profile")
@@ -288,7 +291,10 @@ def make_variants(
     _load(im)
     if orientation != 1:
         ImageOps.exif_transpose(im, in_place=True)
-    current = _to_srgb(im)
+    try:
+        current = _to_srgb(im)
+    except (ValueError, OSError) as exc:  # exotic modes Pillow cannot convert: this photo only
+        raise ImageError(f"unsupported image: {im.mode} {detected} cannot be converted ({exc})") from exc
     rendered: dict[str, Image.Image] = {}
     for name in sorted(targets, key=lambda n: targets[n], reverse=True):
         size = targets[name]
@@ -358,7 +364,9 @@ class PhotoProcessor:
 
     The pool starts on first use of a batch of two or more and is kept for later batches; a
     failing photo yields its `ImageError` in place instead of failing the batch. The default start
-    method is forkserver on Linux: Airflow task processes run threads, and forking those is unsafe.
+    method is forkserver on Linux: Airflow task processes run threads (uploads, heartbeats), and
+    forking those is unsafe. Like spawn, it re-imports the main module in the workers, so a script
+    using the pool needs the usual `if __name__ == "__main__":` guard.
     """
 
     def __init__(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from mls_sync import imaging
 from mls_sync.imaging import ImageError, fit_size, floor_variants, make_variants, process_many
-from PIL import Image, ImageCms, ImageDraw
+from PIL import Image, ImageChops, ImageCms, ImageDraw, ImageStat
 
 FIXTURES = Path("/work/shared/fixtures/librets/unit")
 SMALL = {"thumbnail": 64, "medium": 200, "large": 400}  # keeps the suite fast
@@ -73,6 +73,16 @@ def test_default_sizes_on_a_camera_sized_photo_match_the_plain_pillow_loop() -> 
     assert floor == sizes
 
 
+def test_pixels_match_the_plain_pillow_loop() -> None:
+    """Reduced-size decoding and the resize cascade must not cost visible quality."""
+    noisy = Image.blend(picture(1600, 1200), Image.effect_noise((1600, 1200), 50).convert("RGB"), 0.3)
+    data = encode(noisy, quality=90)
+    ours = make_variants(data, sizes=SMALL)
+    for name, fmt, _w, _h, reference in floor_variants(data, SMALL):
+        diff = ImageChops.difference(decode(ours.variant(name, fmt).data), decode(reference))
+        assert max(ImageStat.Stat(diff).mean) < 3, (name, fmt)
+
+
 def test_never_upscales() -> None:
     photo = make_variants(encode(picture(150, 100)), sizes=SMALL)
     assert {(v.name, v.width, v.height) for v in photo.variants} == {
@@ -89,12 +99,13 @@ def test_fit_size_rounds_like_pillow_thumbnail(width: int, height: int, box: int
     assert fit_size(width, height, box) == im.size
 
 
-def test_exif_orientation_is_applied_and_then_dropped() -> None:
+@pytest.mark.parametrize("scale", [1, 4])  # 4: the JPEG is decoded at reduced size first
+def test_exif_orientation_is_applied_and_then_dropped(scale: int) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored landscape, displayed rotated 90 degrees clockwise
-    data = encode(picture(400, 300), exif=exif.tobytes())
+    data = encode(picture(400 * scale, 300 * scale), exif=exif.tobytes())
     photo = make_variants(data, sizes=SMALL)
-    assert (photo.width, photo.height) == (300, 400)
+    assert (photo.width, photo.height) == (300 * scale, 400 * scale)
     large = decode(photo.variant("large", "jpeg").data)
     assert large.size == (300, 400)
     r, g, b = large.getpixel((280, 20))  # stored top-left red is now top-right
@@ -116,6 +127,31 @@ def test_metadata_is_stripped() -> None:
         assert b"PhoneMaker" not in v.data and b"agent" not in v.data
 
 
+def red_blue_swapped_profile() -> bytes:
+    """An RGB profile that is not sRGB: sRGB with the red and blue colorants exchanged."""
+    srgb = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    count = struct.unpack(">I", srgb[128:132])[0]
+    table = {bytes(srgb[132 + 12 * i : 136 + 12 * i]): 136 + 12 * i for i in range(count)}
+    red, blue = table[b"rXYZ"], table[b"bXYZ"]
+    srgb[red : red + 8], srgb[blue : blue + 8] = srgb[blue : blue + 8], srgb[red : red + 8]
+    return bytes(srgb).replace("sRGB".encode("utf-16-be"), "tRGB".encode("utf-16-be"))
+
+
+@pytest.mark.parametrize(("profile", "expected"), [("sRGB", (255, 0, 0)), ("swapped", (0, 0, 255))])
+def test_colours_are_converted_to_srgb_before_the_profile_is_dropped(
+    profile: str, expected: tuple[int, int, int]
+) -> None:
+    icc = (
+        ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+        if profile == "sRGB"
+        else red_blue_swapped_profile()
+    )
+    data = encode(Image.new("RGB", (80, 60), (255, 0, 0)), "PNG", icc_profile=icc)
+    photo = make_variants(data, sizes=SMALL, formats=("webp",))
+    pixel = decode(photo.variant("large", "webp").data).getpixel((40, 30))
+    assert all(abs(a - b) < 8 for a, b in zip(pixel, expected, strict=True)), pixel
+
+
 def test_cmyk_jpeg_becomes_rgb() -> None:
     photo = make_variants(encode(picture(300, 200, "CMYK")), sizes=SMALL)
     large = decode(photo.variant("large", "jpeg").data)
@@ -124,10 +160,15 @@ def test_cmyk_jpeg_becomes_rgb() -> None:
     assert r > 180 and g < 90 and b < 90
 
 
-def test_palette_and_greyscale_inputs() -> None:
+def test_palette_greyscale_and_16_bit_inputs() -> None:
     for im in (picture(300, 200, "P"), picture(300, 200, "L"), picture(300, 200, "LA")):
         photo = make_variants(encode(im, "PNG"), sizes=SMALL, formats=("jpeg",))
         assert decode(photo.variant("large", "jpeg").data).mode == "RGB", im.mode
+    deep = Image.linear_gradient("L").resize((300, 200)).convert("I").point(lambda v: v * 256)
+    for data in (encode(deep.convert("I;16"), "PNG"), encode(deep.convert("I;16B"), "TIFF")):
+        large = decode(make_variants(data, sizes=SMALL).variant("large", "jpeg").data)
+        low, high = large.getextrema()[0]
+        assert large.mode == "RGB" and low < 10 and high > 245  # 16-bit range kept, not clipped
     gif = (FIXTURES / "abc123-1.gif").read_bytes()
     photo = make_variants(gif, sizes=SMALL)
     assert photo.format == "gif" and all(v.width == photo.width for v in photo.variants)
