@@ -19,6 +19,7 @@ import os
 import re
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,21 @@ class ObjectStore(abc.ABC):
         self, key: str, data: bytes, content_type: str, cache_control: str | None = DEFAULT_CACHE_CONTROL
     ) -> None:
         """Write (or overwrite) one object with the headers the CDN will serve."""
+
+    def put_many(
+        self, objects: Iterable[tuple[str, bytes, str]], workers: int = 8, cache_control: str | None = None
+    ) -> int:
+        """Upload `(key, data, content_type)` items on a few threads; returns how many were written.
+
+        A photo is six small objects, so uploads wait on round trips, not bandwidth; the first
+        failure is raised after the in-flight uploads finish.
+        """
+        control = cache_control or DEFAULT_CACHE_CONTROL
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="objectstore-put") as pool:
+            futures = [pool.submit(self.put, key, data, ctype, control) for key, data, ctype in objects]
+        for future in futures:
+            future.result()
+        return len(futures)
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool: ...

@@ -66,6 +66,16 @@ def test_put_get_head_round_trip(store: ObjectStore) -> None:
         store.head("p/nothing")
 
 
+def test_put_many_uploads_everything_and_reports_failures(store: ObjectStore) -> None:
+    items = [(f"m/{i}.webp", bytes([i]) * 3, "image/webp") for i in range(7)]
+    assert store.put_many(items, workers=3) == 7
+    assert list(store.list("m/")) == sorted(key for key, _, _ in items)
+    assert store.get("m/6.webp") == b"\x06\x06\x06"
+    with pytest.raises(ValueError, match="key"):
+        store.put_many([("ok/1", b"x", "text/plain"), ("bad//key", b"x", "text/plain")])
+    assert store.exists("ok/1")  # the good upload was not abandoned
+
+
 def test_s3_objects_carry_their_headers(endpoint_url: str) -> None:
     client = s3_client(endpoint_url)
     bucket = make_bucket(client)
