@@ -1,0 +1,72 @@
+"""OData $filter / $orderby -> SQL translation against the mock's Property columns."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from mock_mls.odata import FilterTranslator, ODataError, order_by
+from mock_mls.reso import PROPERTY_COLUMNS
+
+
+@pytest.fixture(scope="module")
+def db() -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    conn.execute('CREATE TABLE l ("ListingKey", "ListPrice", "StandardStatus", "MlsStatus", "City", '
+                 '"ModificationTimestamp", "ListingContractDate", InFeed)')
+    conn.executemany("INSERT INTO l VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [
+        ("A", 100000, "Active", "ACT", "O'Fallon", 1_700_000_000_000, "2024-01-01", 1),
+        ("B", 250000, "Pending", "PND", "Dallas", 1_700_000_000_000, "2024-02-01", 1),
+        ("C", 400000, "Closed", "CLS", "Austin", 1_700_000_200_000, "2024-03-01", 0),
+    ])
+    return conn
+
+
+def keys(db: sqlite3.Connection, text: str) -> list[str]:
+    sql, params = FilterTranslator(PROPERTY_COLUMNS).translate(text)
+    return [r[0] for r in db.execute(f"SELECT l.ListingKey FROM l WHERE {sql} ORDER BY 1", params)]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("ListPrice gt 100000", ["B", "C"]),
+    ("ListPrice ge 100000 and ListPrice le 250000", ["A", "B"]),
+    ("StandardStatus eq 'Active' or StandardStatus eq 'Closed'", ["A", "C"]),
+    ("StandardStatus in ('Pending', 'Closed')", ["B", "C"]),
+    ("MlsStatus eq 'Pending'", ["B"]),  # long value -> stored code
+    ("City eq 'O''Fallon'", ["A"]),
+    ("not (City eq 'Dallas')", ["A", "C"]),
+    ("StandardStatus ne 'Active'", ["B", "C"]),
+    ("ModificationTimestamp gt 2023-11-14T22:13:20Z", ["C"]),
+    ("ModificationTimestamp gt 2023-11-14T22:13:20.000Z or "
+     "(ModificationTimestamp eq 2023-11-14T22:13:20.000Z and ListingKey gt 'A')", ["B", "C"]),
+    ("ModificationTimestamp ge 2023-11-14T17:13:20-05:00", ["A", "B", "C"]),
+    ("ListingContractDate lt 2024-02-01", ["A"]),
+    ("MlgCanView eq false", ["C"]),
+    ("startswith(City,'Da') or contains(City, 'sti')", ["B", "C"]),
+    ("(ListPrice gt 0) and (City eq 'Austin' or City eq 'Dallas')", ["B", "C"]),
+])
+def test_filters_select_expected_rows(db: sqlite3.Connection, text: str, expected: list[str]) -> None:
+    assert keys(db, text) == expected
+
+
+def test_literals_are_parameters() -> None:
+    sql, params = FilterTranslator(PROPERTY_COLUMNS).translate("City eq 'x'' or 1 eq 1 --'")
+    assert "1 eq 1" not in sql and params == ["x' or 1 eq 1 --"]
+
+
+@pytest.mark.parametrize("text", [
+    "Nope eq 1", "ListPrice eq 'abc'", "ListPrice gt", "ListPrice between 1", "City eq 'open",
+    "ModificationTimestamp gt 'yesterday'", "(ListPrice gt 1", "ListPrice gt 1 extra",
+])
+def test_bad_filters_raise(text: str) -> None:
+    with pytest.raises(ODataError):
+        FilterTranslator(PROPERTY_COLUMNS).translate(text)
+
+
+def test_orderby_adds_key_tiebreak_and_checks_names() -> None:
+    assert order_by("ModificationTimestamp,ListingKey", PROPERTY_COLUMNS, 'l."ListingKey"') == (
+        'l."ModificationTimestamp" ASC, l."ListingKey" ASC')
+    assert order_by("ListPrice desc", PROPERTY_COLUMNS, 'l."ListingKey"').endswith('l."ListingKey" ASC')
+    with pytest.raises(ODataError):
+        order_by("Nope", PROPERTY_COLUMNS, "k")
