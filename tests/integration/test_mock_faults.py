@@ -1,0 +1,151 @@
+"""Faults of the mock behave as specified: HTTP errors, budgets, RETS errors, broken bodies."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pytest
+import requests
+from lxml import etree
+from PIL import Image
+from requests.auth import HTTPDigestAuth
+
+from mock_mls import MockMLS
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def mls() -> Iterator[MockMLS]:
+    with MockMLS(listings=300, seed=5, photos_per_listing=2, control=True, row_cap=100) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _clean(mls: MockMLS) -> Iterator[None]:
+    yield
+    mls.reset()
+    mls.configure(rate_limit_per_second=None, rate_limit_per_hour=None, latency=0.0)
+
+
+@pytest.fixture
+def rets_session(mls: MockMLS) -> requests.Session:
+    s = requests.Session()
+    s.auth = HTTPDigestAuth("mockuser", "mockpass")
+    assert s.get(mls.rets_login_url, timeout=10).status_code == 200
+    return s
+
+
+def search(s: requests.Session, mls: MockMLS, **extra: str) -> requests.Response:
+    params = {"SearchType": "Property", "Class": "RE_1", "Query": "(LIST_22=0+)", "Select": "LIST_1", **extra}
+    return s.get(f"{mls.url}/rets/search", params=params, timeout=10)
+
+
+def test_http_errors_next_n_then_recover(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.fault("http_error", status=502, count=2)
+    assert [search(rets_session, mls).status_code for _ in range(3)] == [502, 502, 200]
+    assert mls.counters()["faults_injected"]["http_error"] == 2
+
+
+def test_http_errors_seeded_fraction_is_deterministic(mls: MockMLS, rets_session: requests.Session) -> None:
+    def run() -> list[int]:
+        mls.clear_faults()
+        mls.fault("http_error", status=500, fraction=0.5, seed=42)
+        return [search(rets_session, mls).status_code for _ in range(12)]
+
+    first = run()
+    assert first == run() and {500, 200} == set(first)
+
+
+def test_rate_limit_per_second_budget(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.configure(rate_limit_per_second=3)
+    codes = [search(rets_session, mls) for _ in range(6)]
+    limited = [r for r in codes if r.status_code == 429]
+    assert len(limited) >= 2 and all(int(r.headers["Retry-After"]) >= 1 for r in limited)
+    assert mls.counters()["rate_limited"] == len(limited)
+
+
+def test_rate_limit_per_hour_resets_with_clock(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.configure(rate_limit_per_hour=4)  # the login's digest challenge and answer already count: 2 left
+    assert [search(rets_session, mls).status_code for _ in range(3)] == [200, 200, 429]
+    mls.advance_clock(3601)
+    assert search(rets_session, mls).status_code == 200
+
+
+def test_forced_429_and_rets_error_codes(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.fault("too_many_requests", count=1, retry_after=7)
+    r = search(rets_session, mls)
+    assert r.status_code == 429 and r.headers["Retry-After"] == "7"
+    for code in (20036, 20037, 20050, 20208):
+        mls.fault("rets_error", code=code, count=1, transaction="search")
+        r = search(rets_session, mls)
+        assert r.status_code == 200 and f'ReplyCode="{code}"' in r.text
+    assert 'ReplyCode="0"' in search(rets_session, mls).text
+
+
+def test_truncated_and_malformed_bodies(mls: MockMLS, rets_session: requests.Session) -> None:
+    whole = search(rets_session, mls).text
+    mls.fault("truncated_body", count=1)
+    cut = search(rets_session, mls).text
+    assert whole.startswith(cut) and "</RETS>" not in cut
+    mls.fault("malformed_xml", count=1)
+    with pytest.raises(etree.XMLSyntaxError):
+        etree.fromstring(search(rets_session, mls).content)
+
+
+def test_reset_mid_body(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.fault("reset_mid_body", count=1)
+    with pytest.raises(requests.exceptions.RequestException):
+        search(rets_session, mls)
+    fresh = requests.Session()
+    fresh.auth = rets_session.auth
+    fresh.cookies.update(rets_session.cookies)
+    assert search(fresh, mls).status_code == 200
+
+
+def test_corrupt_photo_and_error_part(mls: MockMLS, rets_session: requests.Session) -> None:
+    key = mls.all_keys()[0]
+    mls.fault("corrupt_photo", listing_key=key, order=1)
+    url = f"{mls.url}/rets/getobject"
+    good = rets_session.get(url, params={"Type": "Photo", "ID": f"{key}:1"}, timeout=10).content
+    Image.open(io.BytesIO(good)).load()
+    bad = rets_session.get(url, params={"Type": "Photo", "ID": f"{key}:2"}, timeout=10).content
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(bad)).load()
+    mls.fault("error_part", listing_key=key, order=0, code=20409)
+    multi = rets_session.get(url, params={"Type": "Photo", "ID": f"{key}:*"}, timeout=10).content
+    assert b"Content-Type: text/xml\r\n\r\n<RETS ReplyCode=\"20409\"" in multi
+    assert b"Object-ID: 2\r\nContent-Type: image/jpeg" in multi
+
+
+def test_session_expires_mid_pagination(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.fault("session_expire_after_searches", n=2)
+    replies = [search(rets_session, mls, Limit="10", Offset=str(1 + 10 * i)).text for i in range(3)]
+    assert 'ReplyCode="0"' in replies[1] and 'ReplyCode="20037"' in replies[2]
+    assert rets_session.get(mls.rets_login_url, timeout=10).status_code == 200
+    assert 'ReplyCode="0"' in search(rets_session, mls, Limit="10", Offset="21").text
+
+
+def test_latency_and_counters(mls: MockMLS, rets_session: requests.Session) -> None:
+    mls.reset_counters()
+    mls.fault("latency", seconds=0.3, count=1)
+    r = search(rets_session, mls)
+    assert r.elapsed.total_seconds() >= 0.3
+    counters = mls.counters()
+    assert counters["requests"]["rets:search"] == 1 and counters["rows_served"] == 100
+    assert counters["bytes_sent"] >= len(r.content)
+
+
+def test_control_http_api(mls: MockMLS) -> None:
+    base = f"{mls.url}/_control"
+    assert requests.post(f"{base}/fault", json={"kind": "http_error", "status": 503, "count": 1},
+                         timeout=10).status_code == 200
+    assert requests.get(f"{mls.url}/reso/odata/Property", timeout=10).status_code == 503
+    changed = requests.post(f"{base}/mutate", json={"price": 2}, timeout=10).json()
+    assert len(changed["price"]) == 2
+    state = requests.get(f"{base}/state", timeout=10).json()
+    assert state["settings"]["row_cap"] == 100 and state["credentials"]["username"] == "mockuser"
+    assert requests.post(f"{base}/fault", json={"kind": "nope"}, timeout=10).status_code == 400
+    key = changed["price"][0]
+    assert requests.get(f"{base}/listing/{key}", timeout=10).json()["ListingKey"] == key
