@@ -97,8 +97,8 @@ class ResoSource(Source):
     def walk(self, walk: odata.Walk, position: dict[str, Any] | None) -> Iterator[tuple[list[dict], dict]]:
         """Yield (records, position after them); position is {"after": [...]} or {"next": url}.
 
-        Keyset: re-query `after` the last row until a short page without nextLink (OData says a
-        server that caps the page must send nextLink, so a short page without one is the end).
+        Keyset: re-query `after` the last row until a page without nextLink that is short (OData
+        says a server that caps the page must send nextLink) or follows pages that had one.
         nextLink: follow the server's links; only to the service's own host, since the bearer
         token goes with every request.
         """
@@ -109,6 +109,7 @@ class ResoSource(Source):
         after = position.get("after") if position else None
         url = position.get("next") if position and nextlink else None
         size = self.settings.page_size
+        saw_link = False
         while True:
             if nextlink:
                 url = url or self.client.url(walk.path, params)
@@ -141,7 +142,10 @@ class ResoSource(Source):
             if new_after == after:
                 raise ServerError(f"{walk.path}: the server ignored the keyset filter (page repeats)")
             after = new_after
-            done = len(records) < size and not link
+            # No nextLink ends the walk if the page is short, or if this server has shown it sends
+            # nextLinks when more rows exist (saves one empty request per walk).
+            done = not link and (len(records) < size or saw_link)
+            saw_link = saw_link or bool(link)
             yield records, ({"after": after, "done": True} if done else {"after": after})
             if done:
                 return
