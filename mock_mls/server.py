@@ -45,6 +45,7 @@ class MockMLS:
         self.host, self.port = host, port
         self.settings = Settings()
         self.settings.update(**settings)
+        self._initial_settings = self.settings.as_dict()
         self.clock = Clock()
         self.faults = Faults()
         self.stats = Counters()
@@ -159,9 +160,11 @@ class MockMLS:
         self.reso.expire_tokens()
 
     def reset(self) -> None:
-        """Back to the generated data; faults, counters, sessions, tokens and budgets cleared."""
+        """Back to the generated data and the constructor's settings; faults, counters, sessions,
+        tokens and budgets cleared (the clock keeps its offset: time never runs backwards)."""
         assert self.store is not None
         self.store.restore()
+        self.settings.update(**self._initial_settings)
         self.mutator.calls = 0
         self.faults.clear()
         self.stats.reset()

@@ -26,7 +26,6 @@ def mls() -> Iterator[MockMLS]:
 def _clean(mls: MockMLS) -> Iterator[None]:
     yield
     mls.reset()
-    mls.configure(rate_limit_per_second=None, rate_limit_per_hour=None, latency=0.0)
 
 
 @pytest.fixture

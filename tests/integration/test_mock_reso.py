@@ -24,7 +24,6 @@ def mls() -> Iterator[MockMLS]:
 def _clean(mls: MockMLS) -> Iterator[None]:
     yield
     mls.reset()
-    mls.configure(max_page_size=500, mlg_can_view=False, token_ttl_seconds=3600)
 
 
 def token(mls: MockMLS) -> dict[str, str]:

@@ -27,8 +27,6 @@ def mls() -> Iterator[MockMLS]:
 def _clean(mls: MockMLS) -> Iterator[None]:
     yield
     mls.reset()
-    mls.configure(row_cap=500, offset_mode="honour", auth="digest", require_ua_auth=False,
-                  session_idle_seconds=None, expired_session_reply="20037")
 
 
 def login(mls: MockMLS, headers: dict[str, str] | None = None) -> requests.Session:
