@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import requests
 import responses
 from mls_sync.config import Limits, find_provider
 from mls_sync.connections import Connection
@@ -115,6 +116,8 @@ class FakeReso:
     def _photo(self, req: Any) -> tuple[int, dict, bytes]:
         self.headers_seen.append(dict(req.headers))
         name = req.url.rsplit("/", 1)[-1]
+        if name.startswith("timeout"):
+            raise requests.ReadTimeout("read timed out")
         if name.startswith("missing"):
             return 404, {"Content-Type": "text/plain"}, b"not found"
         if name.startswith("html"):

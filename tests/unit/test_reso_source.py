@@ -270,3 +270,40 @@ def test_from_config_does_no_io() -> None:
         src = ResoSource.from_config(make_source().provider, conn, RateLimiter(Budget()))
         assert repr(src) == f"ResoSource('demo_reso', '{ROOT}/')"
         assert len(rsps.calls) == 0
+
+
+def test_hostile_values_survive_url_encoding(fake: FakeReso) -> None:
+    hostile = "x' or 1 eq 1 or ListingKey eq '&$top=1#frag"
+    pages = list(make_source().pages(SearchCriteria(listing_keys=(hostile,), cities=("A&B=C",))))
+    assert keys_of(pages) == []
+    q = query_of(fake.requests[-1])
+    assert q["$filter"] == ("(ListingKey in ('x'' or 1 eq 1 or ListingKey eq ''&$top=1#frag')) "
+                            "and (City in ('A&B=C'))")
+    assert q["$top"] == "1000"
+
+
+def test_photo_timeout_and_byte_budget(fake: FakeReso) -> None:
+    fake.media = {"K00001": _media("K00001", 2)}
+    fake.media["K00001"][0]["MediaURL"] = "http://cdn.test/photos/timeout.jpg"
+    src = make_source()
+    photos = list(src.photos(["K00001"]))
+    assert photos[0].data and photos[0].error is None
+    assert photos[1].data is None and "ReadTimeout" in (photos[1].error or "")
+    assert src.client.limiter.bytes == len(photos[0].data)
+
+
+def test_pacer_keeps_a_margin_on_the_window() -> None:
+    from mls_sync.sources.reso.http import Pacer
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(round(s, 3))
+        now[0] += s
+
+    pacer = Pacer(2, margin=0.1, clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        pacer.wait()
+    assert slept == [1.1, 1.1]  # 2 per 1.1 s, never 2 per exactly 1 s
+    assert Pacer(None).limit == 0 and Pacer(0.5).window == 2.1
