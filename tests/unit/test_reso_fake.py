@@ -116,6 +116,9 @@ class FakeReso:
     def _photo(self, req: Any) -> tuple[int, dict, bytes]:
         self.headers_seen.append(dict(req.headers))
         name = req.url.rsplit("/", 1)[-1]
+        token = req.headers.get("Authorization", "").removeprefix("Bearer ")
+        if req.url.startswith("http://fake.test/") and token not in self.valid_tokens:
+            return 401, {}, b"token expired"
         if name.startswith("timeout"):
             raise requests.ReadTimeout("read timed out")
         if name.startswith("missing"):

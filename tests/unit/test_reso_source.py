@@ -11,6 +11,7 @@ import responses
 from mls_sync.limits import Budget
 from mls_sync.sources.base import AuthError, QueryError, RateLimitError, SearchCriteria, ServerError
 from mls_sync.sources.reso import DELETED, ResoSource
+from mls_sync.sources.reso.media import MediaDownloader
 
 from tests.unit.test_reso_fake import ROOT, SECRET, TOKEN_URL, FakeReso, listing, make_source
 
@@ -307,3 +308,13 @@ def test_pacer_keeps_a_margin_on_the_window() -> None:
         pacer.wait()
     assert slept == [1.1, 1.1]  # 2 per 1.1 s, never 2 per exactly 1 s
     assert Pacer(None).limit == 0 and Pacer(0.5).window == 2.1
+
+
+def test_concurrent_downloads_share_one_token_refresh(fake: FakeReso) -> None:
+    fake.media = {"K00001": _media("K00001", 12, "http://fake.test/photos")}
+    src = make_source()
+    refs = list(src.media_refs(["K00001"]))
+    fake.expire_tokens()
+    photos = list(MediaDownloader(src.client, 6).download(refs))
+    assert all(p.error is None for p in photos) and len(photos) == 12
+    assert fake.tokens_issued == 2

@@ -182,6 +182,7 @@ class ODataClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self._lock = threading.Lock()
+        self._token_lock = threading.Lock()
         self.stats: dict[str, Any] = {"requests": 0, "bytes": 0, "retries": 0, "token_refreshes": 0,
                                       "pages": 0, "rate_limited": 0, "quota": {}}
 
@@ -218,6 +219,10 @@ class ODataClient:
         tok = self.tokens.current()
         if tok:
             return tok
+        with self._token_lock:  # one thread fetches; photo threads waiting here reuse its token
+            return self.tokens.current() or self._fetch_token()
+
+    def _fetch_token(self) -> str:
         t = self.tokens
         if not t.refreshable:
             raise AuthError("no access token: set extra.token_url (OAuth2) or extra.access_token")
