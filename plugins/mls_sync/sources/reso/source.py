@@ -180,7 +180,7 @@ class ResoSource(Source):
             if i < first:
                 continue
             walk = odata.Walk(self.settings.resource, odata.criteria_filter(criteria, r, keys),
-                        ((r.modified, "ts"), (r.key, "str")), select)
+                              ((r.modified, "ts"), (r.key, "str")), select)
             position = None
             if cursor and i == first:
                 position = {"done": cursor.get("done"), "next": cursor.get("next"),
@@ -209,7 +209,7 @@ class ResoSource(Source):
         select = odata.select_list([r.key], self._deletion_fields())
         for keys in self._chunks(criteria):
             walk = odata.Walk(self.settings.resource, odata.criteria_filter(criteria, r, keys),
-                        ((r.key, "str"),), select)
+                              ((r.key, "str"),), select)
             for records, _ in self.walk(walk, None):
                 for rec in records:
                     if not self._is_deleted(rec) and rec.get(r.key) is not None:
