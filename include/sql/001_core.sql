@@ -146,6 +146,7 @@ CREATE TABLE IF NOT EXISTS mls_sync_status (
     last_duration_seconds double precision,
     error_count         integer     NOT NULL DEFAULT 0,  -- unresolved errors
     consecutive_failures integer    NOT NULL DEFAULT 0,
+    last_stale_alert_at timestamptz,
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS idx_mls_sync_status_provider ON mls_sync_status (provider_id);

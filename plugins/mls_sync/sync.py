@@ -482,3 +482,23 @@ def status_poll(ctx: SyncContext, *, dag_id: str | None = None, dag_run_id: str 
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def stale_alert_due(ctx: SyncContext) -> str | None:
+    """'No successful sync for N hours' once per staleness period, not on every poll."""
+    p, s = ctx.provider, ctx.t.mls_sync_status
+    hours = p.alerts.stale_after_hours
+    with ctx.db.begin() as c:
+        row = c.execute(sa.select(s.c.last_success_at, s.c.last_stale_alert_at, s.c.state).where(
+            s.c.provider_id == p.provider_id)).first()
+        if row is None or row.state == "disabled":
+            return None
+        now = utcnow()
+        last = row.last_success_at
+        if last is not None and now - last < timedelta(hours=hours):
+            return None
+        if row.last_stale_alert_at is not None and now - row.last_stale_alert_at < timedelta(hours=hours):
+            return None
+        c.execute(s.update().where(s.c.provider_id == p.provider_id).values(last_stale_alert_at=now))
+    since = f"since {last.isoformat(timespec='minutes')}" if last else "ever"
+    return f"no successful sync for {hours} hours (last success {since})"

@@ -1,0 +1,48 @@
+# The two commands: `make demo` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export AIRFLOW_HOME := $(CURDIR)/.airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
+export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
+export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
+
+.PHONY: demo test venv airflow-db bench lint compose-config clean
+
+demo: venv airflow-db
+	$(PY) -m devstack.demo $(DEMO_ARGS)
+
+test: venv airflow-db
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv airflow-db
+	$(PY) -m bench $(BENCH_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	@touch $(STAMP)
+
+# Airflow's own metadata DB (SQLite under .airflow/, its dev default); idempotent.
+airflow-db: venv
+	@mkdir -p $(AIRFLOW_HOME)
+	@$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+compose-config:
+	docker-compose -f docker-compose.yaml config --quiet
+
+clean:
+	rm -rf .airflow .data bench/results test-artifacts

@@ -1,0 +1,121 @@
+"""Alerts: email through an SMTP connection and Slack through a webhook connection.
+
+Messages name the provider, the run, the failed task, the error category and link to the run,
+so whoever is on call can act without opening three screens. Secrets never go into them:
+Airflow masks connection passwords, and exception text from the engine never carries them.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from typing import Any
+
+from mls_sync.config import ProviderConfig
+
+log = logging.getLogger(__name__)
+
+
+def _category(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown"
+    cat = getattr(exc, "category", None)
+    if cat:
+        return str(cat)
+    name = type(exc).__name__.lower()
+    if "timeout" in name or "connection" in name:
+        return "network"
+    if "config" in name or "validation" in name or "runoptions" in name:
+        return "config"
+    return "internal"
+
+
+def run_url(dag_id: str, run_id: str | None) -> str:
+    try:
+        from airflow.configuration import conf
+
+        base = conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
+    except Exception:
+        base = "http://localhost:8080"
+    from urllib.parse import quote
+
+    return f"{base}/dags/{quote(dag_id)}/runs/{quote(run_id or '', safe='')}" if run_id else f"{base}/dags/{dag_id}"
+
+
+def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None = None,
+            detail: str | None = None, category: str | None = None) -> tuple[str, str]:
+    """(subject, text) for an alert."""
+    context = context or {}
+    run = context.get("dag_run")
+    ti = context.get("ti") or context.get("task_instance")
+    dag_id = getattr(run, "dag_id", None) or cfg.dag_id()
+    run_id = getattr(run, "run_id", None)
+    task_id = getattr(ti, "task_id", None)
+    exc = context.get("exception")
+    category = category or _category(exc)
+    subject = f"[MLS sync] {cfg.name} ({cfg.provider_id}): {event}"
+    lines = [
+        f"Provider: {cfg.name} ({cfg.provider_id}, {cfg.protocol.upper()})",
+        f"Event: {event}",
+        f"DAG: {dag_id}",
+        f"Run: {run_id or '-'}",
+        f"Task: {task_id or '-'}",
+        f"Error category: {category}",
+    ]
+    if exc is not None:
+        lines.append(f"Error: {type(exc).__name__}: {str(exc)[:500]}")
+    if detail:
+        lines.append(f"Detail: {detail}")
+    lines.append(f"Link: {run_url(dag_id, run_id)}")
+    return subject, "\n".join(lines)
+
+
+def send(cfg: ProviderConfig, subject: str, text: str, context: dict[str, Any] | None = None) -> list[str]:
+    """Send through every channel the YAML configures; a broken channel never hides another."""
+    sent: list[str] = []
+    ctx = dict(context or {})
+    if cfg.alerts.email:
+        try:
+            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+            body = "<pre>" + html.escape(text) + "</pre>"
+            SmtpNotifier(to=list(cfg.alerts.email), subject=subject, html_content=body,
+                         from_email="mls-sync@localhost",
+                         smtp_conn_id=cfg.alerts.smtp_connection_id or "smtp_default").notify(ctx)
+            sent.append("email")
+        except Exception:
+            log.exception("email alert for %s failed", cfg.provider_id)
+    if cfg.alerts.slack_connection_id:
+        try:
+            from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
+
+            SlackWebhookNotifier(slack_webhook_conn_id=cfg.alerts.slack_connection_id,
+                                 text=f"*{subject}*\n{text}").notify(ctx)
+            sent.append("slack")
+        except Exception:
+            log.exception("slack alert for %s failed", cfg.provider_id)
+    return sent
+
+
+def alert(cfg: ProviderConfig, event: str, context: dict[str, Any] | None = None, *, detail: str | None = None,
+          category: str | None = None) -> list[str]:
+    subject, text = compose(cfg, event=event, context=context, detail=detail, category=category)
+    log.warning("alert: %s", subject)
+    return send(cfg, subject, text, context)
+
+
+def task_failed(context: dict[str, Any]) -> None:
+    """on_failure_callback: runs after the task's last retry."""
+    from mls_sync_airflow.tasks import provider
+
+    dag_id = getattr(context.get("dag_run"), "dag_id", "") or ""
+    provider_id = dag_id.split("__", 1)[-1]
+    alert(provider(provider_id), "sync task failed", context)
+
+
+def deadline_missed(provider_id: str, context: dict[str, Any] | None = None, **_: Any) -> None:
+    """DeadlineAlert callback: the run is still going past the YAML's max duration."""
+    from mls_sync_airflow.tasks import provider
+
+    cfg = provider(provider_id)
+    alert(cfg, f"run exceeded {cfg.alerts.max_duration_minutes} minutes", context, category="duration")

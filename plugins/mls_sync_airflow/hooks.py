@@ -1,0 +1,118 @@
+"""Airflow connections -> the engine's plain objects. The only place the engine meets Airflow's
+connection store: one hook per outside system, no IO until `get_conn()` is called.
+
+Connections:
+- MLS (`connection_id` in the provider YAML): conn type http; host = login URL (RETS) or OData
+  service root (RESO); login/password; extras: user_agent, ua_password, rets_version (RETS),
+  token_url, client_id, client_secret, scope, access_token (RESO).
+- `mls_properties_db` (postgres): the properties store. Absent -> MLS_DATABASE_URL -> embedded.
+- Object storage: provider YAML `storage`, else the JSON in MLS_MEDIA_STORAGE, else `.data/media`;
+  the s3 backend reads credentials through S3Hook(aws_conn_id) (IAM role when the connection has none).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from airflow.sdk import BaseHook
+from mls_sync.connections import Connection
+from mls_sync.objectstore import ObjectStore, store_from_settings
+from mls_sync.store.db import ROOT, get_engine
+from sqlalchemy.engine import Engine
+
+PROPERTIES_DB_CONN_ID = "mls_properties_db"
+STORAGE_ENV = "MLS_MEDIA_STORAGE"
+
+
+def _optional_connection(conn_id: str) -> Any | None:
+    try:
+        return BaseHook.get_connection(conn_id)
+    except Exception as exc:  # AirflowNotFoundException; its module moved between versions
+        if type(exc).__name__ == "AirflowNotFoundException" or "isn't defined" in str(exc):
+            return None
+        raise
+
+
+class MlsHook(BaseHook):
+    """An MLS login (RETS or RESO Web API) as the engine's `Connection`."""
+
+    conn_name_attr = "mls_conn_id"
+    default_conn_name = "mls_default"
+    conn_type = "http"
+    hook_name = "MLS (RETS / RESO Web API)"
+
+    def __init__(self, mls_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.mls_conn_id = mls_conn_id
+
+    def get_conn(self) -> Connection:
+        c = self.get_connection(self.mls_conn_id)
+        return Connection(conn_id=self.mls_conn_id, conn_type=c.conn_type or "http", host=c.host, port=c.port,
+                          schema=c.schema, login=c.login, password=c.password, extra=dict(c.extra_dejson or {}))
+
+
+def properties_db_url(conn: Any) -> str:
+    """SQLAlchemy URL from a postgres connection, including a unix-socket host (pgserver).
+
+    The postgres provider builds a broken URL for a socket directory host, so we build it here.
+    """
+    user = quote(conn.login or "postgres", safe="")
+    pw = f":{quote(conn.password, safe='')}" if conn.password else ""
+    db = conn.schema or "postgres"
+    host = conn.host or ""
+    if host.startswith("/"):
+        return f"postgresql+psycopg2://{user}{pw}@/{db}?host={quote(host, safe='/')}"
+    port = f":{conn.port}" if conn.port else ""
+    return f"postgresql+psycopg2://{user}{pw}@{host}{port}/{db}"
+
+
+class PropertiesStoreHook(BaseHook):
+    """The PostgreSQL holding `properties` and the sync tables."""
+
+    conn_name_attr = "postgres_conn_id"
+    default_conn_name = PROPERTIES_DB_CONN_ID
+    conn_type = "postgres"
+    hook_name = "MLS properties store"
+
+    def __init__(self, postgres_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.postgres_conn_id = postgres_conn_id
+
+    def get_conn(self) -> Engine:
+        conn = _optional_connection(self.postgres_conn_id)
+        return get_engine(properties_db_url(conn) if conn is not None else None)
+
+
+def storage_settings(provider_storage: dict[str, Any]) -> dict[str, Any]:
+    if provider_storage:
+        return dict(provider_storage)
+    raw = os.environ.get(STORAGE_ENV)
+    if raw:
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{STORAGE_ENV} is not valid JSON ({exc}); expected e.g. "
+                             '{"backend": "s3", "bucket": "my-photos", "aws_conn_id": "aws_default"}') from None
+    return {"backend": "local", "root": str(ROOT / ".data" / "media")}
+
+
+def _s3_client_via_hook(settings: dict[str, Any]) -> Any:
+    """boto3 S3 client from the Airflow AWS connection (or the IAM role when it holds no keys)."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    hook = S3Hook(aws_conn_id=settings.get("aws_conn_id") or "aws_default", region_name=settings.get("region_name"))
+    if settings.get("endpoint_url"):  # MinIO / moto: same credentials, another endpoint
+        return hook.get_session().client("s3", endpoint_url=settings["endpoint_url"],
+                                         region_name=settings.get("region_name") or "us-east-1")
+    return hook.get_conn()
+
+
+def media_store(provider_storage: dict[str, Any]) -> ObjectStore:
+    settings = storage_settings(provider_storage)
+    if settings.get("backend") == "local" and settings.get("root"):
+        settings["root"] = str(Path(settings["root"]).expanduser())
+    return store_from_settings(settings, s3_client_factory=_s3_client_via_hook)
