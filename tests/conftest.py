@@ -1,0 +1,116 @@
+"""Shared fixtures: a throwaway PostgreSQL database, the Airflow environment, the mock MLS.
+
+PostgreSQL: the machine's server on 127.0.0.1:5432 (or MLS_TEST_PG_URL); when none answers, an
+embedded one (pgserver) in a temp dir. Each test session creates its own database and drops it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack import ROOT, airflow_env, pg_reachable
+
+# Airflow reads its settings at import: set them before anything imports airflow.
+for _k, _v in airflow_env().items():
+    os.environ.setdefault(_k, _v)
+os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+
+ADMIN_URL = os.environ.get("MLS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+TABLES = ("properties", "property_media", "property_status_history", "property_conflicts", "mls_sync_status",
+          "mls_sync_history", "mls_sync_errors", "mls_raw_records")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    if pg_reachable(ADMIN_URL):
+        yield ADMIN_URL
+        return
+    import pgserver
+
+    tmp = tempfile.mkdtemp(prefix="mls_test_pg_")
+    server = pgserver.get_server(tmp, cleanup_mode="stop")
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _with_db(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def db_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh database for this test session, dropped at the end."""
+    import psycopg2
+
+    name = f"mls_test_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    url = _with_db(pg_admin_url, name)
+    try:
+        yield url
+    finally:
+        from mls_sync.store import db as dbmod
+
+        dbmod._engine_for.cache_clear()
+        with admin.cursor() as cur:  # FORCE ends the pooled connections still open
+
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_engine(db_url: str):
+    from mls_sync.store.db import get_engine, migrate
+
+    engine = get_engine(db_url)
+    migrate(engine)
+    return engine
+
+
+@pytest.fixture
+def db(migrated_engine):
+    """The migrated test database, emptied before each test that uses it."""
+    import sqlalchemy as sa
+
+    with migrated_engine.begin() as c:
+        c.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+    return migrated_engine
+
+
+@pytest.fixture
+def mock_mls_factory() -> Iterator:
+    """Start mock MLS servers in this process over real HTTP; all stopped after the test."""
+    from mock_mls import MockMLS
+
+    started: list[MockMLS] = []
+
+    def start(**kwargs) -> MockMLS:
+        kwargs.setdefault("control", True)
+        m = MockMLS(**kwargs).start()
+        started.append(m)
+        return m
+
+    yield start
+    for m in started:
+        m.stop()
+
+
+@pytest.fixture
+def artifacts_dir() -> Path:
+    d = ROOT / "test-artifacts"
+    d.mkdir(exist_ok=True)
+    return d
