@@ -9,12 +9,14 @@ every failure is classified here: retried with backoff (network, 5xx, rate limit
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
@@ -27,6 +29,13 @@ T = TypeVar("T")
 RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 # RETS reply codes meaning "too busy / over quota, come back later".
 RETS_RATE_LIMIT_CODES = frozenset({20050, 20209, 20210, 20211, 20212})
+
+
+class BudgetExhausted(RateLimitError):
+    """Our own budget says no for longer than we may wait: retrying inside the task only burns
+    time (the next permit is further away than any backoff), so this is never retried here."""
+
+    retryable = False
 
 
 @dataclass(frozen=True)
@@ -64,8 +73,9 @@ class RateLimiter:
         b = self.budget
         out: list[tuple[float, float]] = []
         if b.per_second:
-            # Express "n per second" as a minimum spacing when n < 1, else a 1-second window.
-            out.append((1.0, b.per_second) if b.per_second >= 1 else (1.0 / b.per_second, 1))
+            # Express "n per second" as a minimum spacing when n < 1, else a 1-second window
+            # holding at most floor(n) requests (2.5/s must never let a third one through).
+            out.append((1.0, math.floor(b.per_second)) if b.per_second >= 1 else (1.0 / b.per_second, 1))
         if b.per_hour:
             out.append((3600.0, b.per_hour))
         if b.per_day:
@@ -80,7 +90,8 @@ class RateLimiter:
         for window, limit in self._windows():
             inside = [t for t in self._recent if t > now - window] if window < horizon else self._recent
             if len(inside) >= limit:
-                oldest = list(inside)[-int(limit)]
+                # The request that must leave the window before one more fits in it.
+                oldest = inside[len(inside) - int(limit)]
                 delay = max(delay, oldest + window - now)
         return delay
 
@@ -108,7 +119,7 @@ class RateLimiter:
                     self.waited += waited
                     return
             if waited + delay > self.budget.max_wait_seconds:
-                raise RateLimitError(
+                raise BudgetExhausted(
                     f"provider request budget exhausted: next request allowed in {delay:.0f}s, "
                     f"more than max_wait_seconds={self.budget.max_wait_seconds:.0f}; "
                     "the run will resume from its checkpoint on retry"
@@ -138,15 +149,30 @@ class RetryPolicy:
         return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
 
 
+# OSErrors that are about this machine or a wrong setting, not about a flaky network.
+_LOCAL_OS_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError,
+                    NotADirectoryError)
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Network trouble and rate limits are retried; auth and data errors never are."""
+    """Network trouble and rate limits are retried; auth and data errors never are.
+
+    An exception may opt out with a false `retryable` attribute (e.g. a 404 on a capability URL,
+    our own exhausted budget). Errors that are also ValueErrors (requests' InvalidURL,
+    MissingSchema, InvalidHeader; ssl certificate verification) are configuration mistakes that
+    no retry fixes, although requests makes them OSErrors.
+    """
+    if getattr(exc, "retryable", None) is False:
+        return False
     if isinstance(exc, (AuthError, QueryError)):
         return False
     if isinstance(exc, (RateLimitError, ServerError)):
         return True
     if isinstance(exc, SourceError):
         return exc.category in ("network", "rate_limit")
-    # requests/urllib3 connection problems without importing requests here
+    if isinstance(exc, (ValueError, _LOCAL_OS_ERRORS)):
+        return False
+    # requests/urllib3 connection problems (all OSErrors) without importing requests here
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
@@ -156,13 +182,19 @@ def retry_after_seconds(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        # "nan"/"inf" parse as floats but would make time.sleep fail or hang.
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # "-0000" dates: HTTP dates are always GMT
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - time.time())
 
 
 def call_with_retry(fn: Callable[[], T], policy: RetryPolicy, *, what: str,

@@ -1,0 +1,240 @@
+"""Walking a RETS search to the end, whatever the server does with Offset and row caps.
+
+Strategy, per query:
+1. Offset/Limit paging (1-based Offset, advanced by the rows actually received, so a server
+   capping rows below our Limit still works).
+2. If the server rejects Offset, or ignores it (page 2 repeats page 1), switch to time windows
+   on the modification timestamp: a window whose COUNT exceeds what came back is split (sized
+   from the count), down to one millisecond.
+3. A window that still overflows holds a cluster of records sharing one timestamp (bulk
+   updates do that): it is walked by key prefix (`(KEY=2024*)`), with a remainder clause
+   `~(KEY=20240*,20241*,...)` so keys with characters we have not seen are never skipped.
+   (DMQL2 has no character ranges on most servers; prefixes are standard `string-start`.)
+
+Every record is yielded once per walk (deduplicated by key), and the state after each page is a
+small JSON dict, so a retried task resumes where the last checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from mls_sync.sources.base import QueryError, ServerError
+from mls_sync.sources.rets import dmql
+
+log = logging.getLogger(__name__)
+FLOOR = datetime(1970, 1, 1)
+MS = timedelta(milliseconds=1)
+
+
+@dataclass
+class PageResult:
+    records: list[dict[str, str]]
+    count: int | None = None
+    maxrows: bool = False
+
+    def overflows(self) -> bool:
+        return self.maxrows or (self.count is not None and self.count > len(self.records))
+
+
+Fetch = Callable[[str, "int | None"], PageResult]  # (query, offset or None) -> one page
+
+
+class SearchWalk:
+    """One query's walk; `offset_ok` is learned once per source and shared between walks."""
+
+    def __init__(self, fetch: Fetch, *, key_field: str, modified_field: str, page_size: int,
+                 offset_mode: str, now: Callable[[], datetime], offset_ok: dict[str, bool | None]) -> None:
+        self.fetch = fetch
+        self.key = key_field
+        self.modified = modified_field
+        self.page_size = page_size
+        self.offset_mode = offset_mode
+        self.now = now
+        self.learned = offset_ok  # {"ok": None|True|False}
+        self.seen: set[str] = set()
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _new(self, records: list[dict[str, str]]) -> list[dict[str, str]]:
+        out = []
+        for r in records:
+            k = r.get(self.key)
+            if k is None or k in self.seen:
+                continue
+            self.seen.add(k)
+            out.append(r)
+        return out
+
+    def _time_clause(self, low: datetime | None, high: datetime | None) -> str:
+        if low is None and high is None:
+            low = FLOOR
+        return dmql.clause_range(self.modified, low and dmql.format_ts(low), high and dmql.format_ts(high))
+
+    # -- entry point ---------------------------------------------------------------------------
+    def walk(self, base: list[str], since: datetime | None, until: datetime | None,
+             state: dict[str, Any] | None) -> Iterator[tuple[list[dict[str, str]], dict[str, Any] | None]]:
+        """Yield (new records, state to resume after them); the final state is None (done)."""
+        state = dict(state or {})
+        use_offset = self.offset_mode != "never" and self.learned.get("ok") is not False
+        if state.get("mode") == "window" or not use_offset:
+            yield from self._windows(base, since, until, state)
+            return
+        query = dmql.and_all([*base, self._time_clause(since, until)])
+        offset = int(state.get("offset") or 1)
+        head = state.get("head")
+        while True:
+            try:
+                res = self.fetch(query, offset)
+            except QueryError as exc:
+                if offset != 1 or self.offset_mode == "always" or self.learned.get("ok"):
+                    raise
+                # Rejected with Offset: does the same query work without it?
+                log.info("server refused Offset (%s); paging by time windows instead", exc)
+                self.learned["ok"] = False
+                yield from self._windows(base, since, until, {})
+                return
+            keys = [r.get(self.key) for r in res.records]
+            if offset > 1 and keys and (keys[0] == head or all(k in self.seen for k in keys)):
+                if self.offset_mode == "always":
+                    raise ServerError("server ignores Offset (page repeated) and rets.offset is 'always'")
+                log.info("server ignores Offset (page %d repeats earlier rows); paging by time windows", offset)
+                self.learned["ok"] = False
+                # The repeated page is a sample of the whole range: use it to size the windows.
+                yield from self._windows(base, since, until, {}, first=res if res.overflows() else None)
+                return
+            if offset == 1 and keys:
+                head = keys[0]
+            if offset > 1 and keys:
+                self.learned["ok"] = True
+            offset += len(res.records)
+            done = (not res.records or (not res.maxrows and len(res.records) < self.page_size)
+                    or (res.count is not None and offset > res.count))
+            yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
+            if done:
+                return
+
+    # -- time windows --------------------------------------------------------------------------
+    def _windows(self, base: list[str], since: datetime | None, until: datetime | None,
+                 state: dict[str, Any], first: PageResult | None = None
+                 ) -> Iterator[tuple[list[dict[str, str]], dict[str, Any] | None]]:
+        """Walk [since, until] by windows; `first` is an overflowing answer for the whole range."""
+        if state.get("mode") == "window":
+            stack = [list(s) for s in state["stack"]]
+        else:
+            low = since or FLOOR
+            high = until or (self.now() + timedelta(hours=1))
+            stack = [[dmql.format_ts(low), dmql.format_ts(high), None, None]]
+        while stack:
+            seg = stack.pop()
+            if first is not None:
+                res, first = first, None
+            else:
+                clauses = [*base, dmql.clause_range(self.modified, seg[0], seg[1])]
+                if seg[2] is not None:
+                    clauses += self._prefix_clauses(seg[2], seg[3])
+                res = self.fetch(dmql.and_all(clauses), None)
+            if res.overflows():
+                low, high = dmql.parse_ts(seg[0]), dmql.parse_ts(seg[1])
+                if seg[2] is None and high > low:
+                    parts = self._split_time(low, high, res)
+                    log.debug("window %s..%s holds %s records: %d windows", seg[0], seg[1], res.count, len(parts))
+                else:  # one instant still overflows: a bulk update; split by key prefix
+                    parts = self._split_keys(seg, res)
+                stack.extend(reversed(parts))
+            yield self._new(res.records), self._state(stack)
+
+    def _state(self, stack: list[list[Any]]) -> dict[str, Any] | None:
+        return {"mode": "window", "stack": [list(s) for s in stack]} if stack else None
+
+    def _per_sample(self, res: PageResult, sampled: int) -> float:
+        """How many records of the window each returned record stands for."""
+        total = res.count if res.count and res.count > len(res.records) else 2 * max(len(res.records), 1)
+        return total / max(sampled, 1)
+
+    def _split_time(self, low: datetime, high: datetime, res: PageResult) -> list[list[Any]]:
+        """Cut [low, high] where the returned sample says each piece fits in a page.
+
+        The rows an overflowing window did return are a sample of its timestamps; cutting at
+        their quantiles sizes windows in one step, and a timestamp shared by more records than
+        a page (a bulk update) becomes a one-instant window of its own, walked by key next.
+        """
+        stamps: list[datetime] = []
+        for r in res.records:
+            t = _timestamp(r.get(self.modified))
+            if t is not None and low <= t <= high:
+                stamps.append(t)
+        budget = 0.8 * self.page_size
+        per = self._per_sample(res, len(stamps))
+        cuts: set[datetime] = set()
+        run = 0
+        for t, m in sorted(Counter(stamps).items()):
+            if m * per > budget:  # cluster: isolate [t, t]
+                cuts.update((t, t + MS))
+                run = 0
+                continue
+            if run and (run + m) * per > budget:
+                cuts.add(t)
+                run = 0
+            run += m
+        ordered = sorted(c for c in cuts if low < c <= high)
+        if not ordered:  # no usable sample: halve
+            ordered = [low + (high - low) / 2 + MS / 2]
+            ordered = [c.replace(microsecond=c.microsecond // 1000 * 1000) for c in ordered]
+            ordered = [c for c in ordered if low < c <= high] or [high]
+        out: list[list[Any]] = []
+        start = low
+        for c in ordered:
+            out.append([dmql.format_ts(start), dmql.format_ts(c - MS), None, None])
+            start = c
+        out.append([dmql.format_ts(start), dmql.format_ts(high), None, None])
+        return out
+
+    def _prefix_clauses(self, prefix: str, exclude: list[str] | None) -> list[str]:
+        out = [f"({self.key}={prefix}*)"] if prefix else []
+        if exclude:
+            out.append("~(" + f"{self.key}=" + ",".join(f"{p}*" for p in exclude) + ")")
+        return out
+
+    def _split_keys(self, seg: list[Any], res: PageResult) -> list[list[Any]]:
+        """Key-prefix pieces of an overflowing instant, plus a remainder for unseen prefixes."""
+        prefix = seg[2] or ""
+        excluded = list(seg[3] or [])
+        keys = [k for r in res.records if (k := r.get(self.key) or "") and k.startswith(prefix)
+                and not any(k.startswith(e) for e in excluded)]
+        if not keys:
+            raise ServerError(f"cannot walk {self.key} values in {seg[0]}..{seg[1]}: the server reports "
+                              "more rows than it returns and none of them narrows the query")
+        per = self._per_sample(res, len(keys))
+        longest = max(len(k) for k in keys)
+        groups: Counter[str] = Counter()
+        for length in range(len(prefix) + 1, longest + 1):
+            groups = Counter(k[:length] for k in keys if len(k) >= length)
+            if max(groups.values()) * per <= 0.8 * self.page_size:
+                break
+        children = sorted(groups)
+        for child in children:
+            if not _PLAIN.fullmatch(child):
+                raise ServerError(f"key prefix {child!r} cannot be sent as a DMQL wildcard; "
+                                  "this server needs rets.offset 'always' to walk bulk updates")
+        out = [[seg[0], seg[1], c, [e for e in excluded if e.startswith(c)] or None] for c in children]
+        out.append([seg[0], seg[1], prefix, sorted({*excluded, *children})])
+        return out
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        t = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return t.replace(tzinfo=None)
