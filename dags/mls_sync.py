@@ -14,10 +14,7 @@ from typing import Any
 from airflow.sdk import (
     DAG,
     Asset,
-    DeadlineAlert,
-    DeadlineReference,
     Param,
-    SyncCallback,
     dag,
     get_parsing_context,
     task,
@@ -65,9 +62,7 @@ def build_sync_dag(cfg: ProviderConfig) -> DAG:
         tags=["mls", "mls-sync", *cfg.tags], doc_md=_doc(cfg, "listing sync"), default_args=_default_args(cfg),
         params={name: Param(**schema) for name, schema in PARAM_SCHEMAS.items()},
         is_paused_upon_creation=not cfg.enabled, on_failure_callback=run.run_failed,
-        deadline=DeadlineAlert(reference=DeadlineReference.DAGRUN_QUEUED_AT,
-                               interval=timedelta(minutes=cfg.alerts.max_duration_minutes),
-                               callback=SyncCallback(callbacks.deadline_missed, kwargs={"provider_id": pid})),
+        dagrun_timeout=timedelta(minutes=cfg.alerts.max_duration_minutes * 8),
     )
     def sync() -> None:
         @task

@@ -502,3 +502,27 @@ def stale_alert_due(ctx: SyncContext) -> str | None:
         c.execute(s.update().where(s.c.provider_id == p.provider_id).values(last_stale_alert_at=now))
     since = f"since {last.isoformat(timespec='minutes')}" if last else "ever"
     return f"no successful sync for {hours} hours (last success {since})"
+
+
+def overdue_alerts_due(ctx: SyncContext) -> list[str]:
+    """Runs still going past the YAML's max duration, each reported once.
+
+    Checked by the frequent status poll rather than an Airflow DeadlineAlert: the alert must fire
+    while the run is stuck, and must not depend on the triggerer being deployed.
+    """
+    p, h = ctx.provider, ctx.t.mls_sync_history
+    limit = timedelta(minutes=p.alerts.max_duration_minutes)
+    out: list[str] = []
+    with ctx.db.begin() as c:
+        rows = c.execute(sa.select(h.c.id, h.c.dag_run_id, h.c.started_at, h.c.report).where(
+            h.c.provider_id == p.provider_id, h.c.state == "running", h.c.mode != "status",
+            h.c.started_at < sa.func.now() - limit)).all()
+        for row in rows:
+            if (row.report or {}).get("overdue_alerted"):
+                continue
+            c.execute(h.update().where(h.c.id == row.id).values(
+                report=h.c.report.op("||")(sa.cast({"overdue_alerted": True}, h.c.report.type))))
+            minutes = (utcnow() - row.started_at).total_seconds() / 60
+            out.append(f"run {row.dag_run_id} has been running {minutes:.0f} min, "
+                       f"over the {p.alerts.max_duration_minutes} min limit")
+    return out

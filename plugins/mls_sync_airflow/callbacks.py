@@ -111,11 +111,3 @@ def task_failed(context: dict[str, Any]) -> None:
     dag_id = getattr(context.get("dag_run"), "dag_id", "") or ""
     provider_id = dag_id.split("__", 1)[-1]
     alert(provider(provider_id), "sync task failed", context)
-
-
-def deadline_missed(provider_id: str, context: dict[str, Any] | None = None, **_: Any) -> None:
-    """DeadlineAlert callback: the run is still going past the YAML's max duration."""
-    from mls_sync_airflow.tasks import provider
-
-    cfg = provider(provider_id)
-    alert(cfg, f"run exceeded {cfg.alerts.max_duration_minutes} minutes", context, category="duration")

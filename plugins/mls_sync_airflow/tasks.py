@@ -104,14 +104,17 @@ def status_poll(provider_id: str, ctx: dict[str, Any]) -> dict[str, Any]:
     run = ctx["dag_run"]
     sctx = context(provider_id)
     result = sync.status_poll(sctx, dag_id=run.dag_id, dag_run_id=run.run_id)
-    stale = sync.stale_alert_due(sctx)
-    if stale:
-        callbacks.alert(provider(provider_id), stale, ctx, category="stale")
-        result["alert"] = stale
+    alerts = [("stale", sync.stale_alert_due(sctx))] + [("duration", m) for m in sync.overdue_alerts_due(sctx)]
+    for category, message in alerts:
+        if message:
+            callbacks.alert(provider(provider_id), message, ctx, category=category)
+    result["alerts"] = [m for _, m in alerts if m]
     return result
 
 
 def media_batches(provider_id: str, plan: dict[str, Any]) -> list[dict[str, Any]]:
+    if not plan.get("include_photos"):
+        return []
     from mls_sync import media
 
     return media.plan_batches(context(provider_id), plan)
