@@ -31,39 +31,55 @@ def mls() -> Iterator[Any]:
         yield server
 
 
-def run_cli(mls: Any, *args: str) -> subprocess.CompletedProcess[str]:
+def run_cli(mls: Any, *args: str, secret: str | None = None) -> subprocess.CompletedProcess[str]:
     cred = mls.credentials
     conn = {"conn_type": "http", "host": mls.reso_url, "login": cred["client_id"],
-            "password": cred["client_secret"], "extra": {"token_url": mls.token_url}}
+            "password": secret or cred["client_secret"], "extra": {"token_url": mls.token_url}}
     env = {**os.environ, "AIRFLOW_CONN_MLS_DEMO_RESO": json.dumps(conn),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)])}
     proc = subprocess.run([sys.executable, "-m", "mls_sync.cli", *args, "--provider", "demo_reso"],
                           capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
-    assert cred["client_secret"] not in proc.stdout + proc.stderr
+    assert conn["password"] not in proc.stdout + proc.stderr
     return proc
 
 
 def test_check(mls: Any) -> None:
-    proc = run_cli(mls, "check")
+    proc = run_cli(mls, "check", "-v")
     assert proc.returncode == 0, proc.stderr
-    assert "reso" in proc.stdout.lower()
+    facts = json.loads(proc.stdout)
+    assert facts["protocol"] == "reso" and facts["count"] == 300
 
 
 def test_metadata(mls: Any) -> None:
     proc = run_cli(mls, "metadata")
     assert proc.returncode == 0, proc.stderr
-    assert "ModificationTimestamp" in proc.stdout and "Property" in proc.stdout
+    types = {t["name"]: t for t in json.loads(proc.stdout)["entity_types"]}
+    assert "ModificationTimestamp" in {p["name"] for p in types["Property"]["properties"]}
 
 
 def test_search(mls: Any) -> None:
     key = mls.all_keys()[0]
-    proc = run_cli(mls, "search", "--key", key)
+    proc = run_cli(mls, "search", "--query", f"ListingKey eq '{key}'", "--select", "ListPrice")
     assert proc.returncode == 0, proc.stderr
-    assert key in proc.stdout
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["ListingKey"] for r in rows] == [key] and "ListPrice" in rows[0]
+    proc = run_cli(mls, "search", "--since", "2000-01-01T00:00:00Z", "--limit", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert len(proc.stdout.splitlines()) == 5
+
+
+def test_search_with_a_bad_filter_is_a_usage_error(mls: Any) -> None:
+    proc = run_cli(mls, "search", "--query", "NoSuchField eq 1")
+    assert proc.returncode == 2 and "NoSuchField" in proc.stderr
 
 
 def test_photos(mls: Any, tmp_path: Path) -> None:
     key = mls.all_keys()[0]
-    proc = run_cli(mls, "photos", key)
+    proc = run_cli(mls, "photos", "--listing", key, "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
-    assert key in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{key}-000.jpg", f"{key}-001.jpg"]
+
+
+def test_bad_secret_is_an_auth_failure(mls: Any) -> None:
+    proc = run_cli(mls, "check", secret="wrong-secret")  # noqa: S106 - deliberately wrong
+    assert proc.returncode == 3 and "Unknown client" in proc.stderr

@@ -141,7 +141,7 @@ class TokenSource:
     def seconds_left(self) -> float | None:
         if self.static_token or not self._token:
             return None
-        return max(0.0, self._expires_at - self.clock())
+        return round(max(0.0, self._expires_at - self.clock()), 1)
 
 
 def odata_message(resp: requests.Response) -> tuple[str | None, str]:
@@ -295,7 +295,8 @@ class ODataClient:
         if status < 400:
             return
         code, msg = odata_message(resp)
-        text = self.mask(f"{what}: HTTP {status}{f' {code}' if code else ''}: {msg}")
+        label = f" {code}" if code and code != str(status) else ""
+        text = self.mask(f"{what}: HTTP {status}{label}: {msg}")
         body = self.mask(resp.text[:2000])
         if status == 429:
             self.count("rate_limited")
