@@ -160,10 +160,13 @@ class CompactParser:
         if clean:
             self._parser.feed(clean)
         rows = list(self._drain())
+        complete = self.complete  # closing the parser invents end tags for a cut-short body
         # recover=True: a truncated tail is tolerated; the caller checks `complete`.
         with contextlib.suppress(etree.XMLSyntaxError):
             self._parser.close()
-        rows.extend(self._drain())
+        if complete:
+            rows.extend(self._drain())
+        self.complete = complete
         return iter(rows)
 
     @property

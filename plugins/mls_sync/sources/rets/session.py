@@ -109,8 +109,9 @@ class RetsSession:
         return [s for s in (self._password, self._ua_password) if s]
 
     def redact(self, text: str) -> str:
-        for secret in self.secrets:
-            if len(secret) >= 1:
+        # Secrets shorter than 4 characters would garble every message and protect nothing.
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            if len(secret) >= 4:
                 text = text.replace(secret, "***")
         return text
 
@@ -250,6 +251,8 @@ class RetsSession:
         try:
             if url:
                 with self._send("Logout", url, None, "GET") as resp:
+                    if resp.status_code != 200:
+                        raise self._status_error(resp, "Logout")
                     self.read_all(resp, cap=1024 * 1024)
         except Exception as exc:
             log.warning("RETS logout failed (ignored): %s", self.redact(str(exc)))

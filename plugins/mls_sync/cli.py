@@ -1,0 +1,254 @@
+"""`mls-sync`: diagnostics against any MLS the engine can talk to, without Airflow.
+
+Every subcommand goes through `mls_sync.sources.open_source`, i.e. the same Source code the
+DAGs run, so "it works from the CLI" means "the sync will see the same thing". The CLI knows no
+protocol: a provider YAML (or explicit RETS arguments for an MLS that has none yet) picks it.
+
+Exit codes: 0 ok, 2 usage or configuration, 3 authentication, 4 server or network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mls_sync.sources.base import AuthError, PhotoObject, SearchCriteria, Source, SourceError
+
+EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 0, 2, 3, 4
+Command = Callable[[argparse.Namespace, Source], int]
+
+
+class UsageError(Exception):
+    """Bad arguments or configuration: exit 2 with this message."""
+
+
+# -- opening a source -----------------------------------------------------------------------------
+def _explicit_provider(args: argparse.Namespace) -> tuple[Any, Any]:
+    """A minimal RETS ProviderConfig + Connection for an MLS with no YAML yet."""
+    from mls_sync.config import ProviderConfig
+    from mls_sync.connections import Connection
+
+    if not (args.username and args.password is not None):
+        raise UsageError("--login-url needs --username and --password")
+    rets: dict[str, Any] = {"format": args.format or "COMPACT-DECODED"}
+    for name in ("resource", "class_"):
+        value = getattr(args, name, None)
+        if value:
+            rets["class" if name == "class_" else name] = value
+    provider = ProviderConfig.model_validate({
+        "provider_id": "cli_rets", "name": "mls-sync CLI (explicit arguments)", "protocol": "rets",
+        "connection_id": "cli_rets", "rets": rets,
+        "source_fields": {"key": args.key_field, "modified": args.modified_field},
+        "fields": {args.key_field: {"column": "listing_key"}},
+        **({"limits": {"request_attempts": args.attempts}} if args.attempts else {}),
+    })
+    extra = {k: v for k, v in (("user_agent", args.user_agent), ("ua_password", args.ua_password),
+                               ("rets_version", args.rets_version)) if v}
+    conn = Connection(conn_id="cli_rets", host=args.login_url, login=args.username,
+                      password=args.password, extra=extra)
+    return provider, conn
+
+
+def open_from_args(args: argparse.Namespace) -> Source:
+    """--provider NAME (YAML + AIRFLOW_CONN_<ID>) or explicit --login-url arguments."""
+    from mls_sync.config import ConfigError, find_provider
+    from mls_sync.connections import ConnectionNotFound, from_env
+    from mls_sync.sources import open_source
+
+    try:
+        if args.provider and args.login_url:
+            raise UsageError("use either --provider or --login-url, not both")
+        if args.provider:
+            provider = find_provider(args.provider)
+            if args.attempts is not None:
+                limits = provider.limits.model_copy(update={"request_attempts": args.attempts})
+                provider = provider.model_copy(update={"limits": limits})
+            conn = from_env(provider.connection_id)
+        elif args.login_url:
+            provider, conn = _explicit_provider(args)
+        else:
+            raise UsageError("say which MLS: --provider NAME, or --login-url URL --username U --password P")
+        return open_source(provider, conn)
+    except (ConfigError, ConnectionNotFound) as exc:
+        raise UsageError(str(exc)) from None
+    except ValueError as exc:  # pydantic ValidationError, bad connection fields
+        raise UsageError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+# -- subcommands ------------------------------------------------------------------------------------
+def _since(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r} is not an ISO timestamp (e.g. 2024-06-01T00:00:00Z)") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    return str(value)
+
+
+def cmd_check(args: argparse.Namespace, source: Source) -> int:
+    facts = source.check()
+    print(json.dumps(facts, indent=2, default=_json_default))
+    return EXIT_OK
+
+
+def cmd_metadata(args: argparse.Namespace, source: Source) -> int:
+    print(json.dumps(source.metadata(), indent=2, default=_json_default))
+    return EXIT_OK
+
+
+def cmd_search(args: argparse.Namespace, source: Source) -> int:
+    criteria = SearchCriteria(
+        modified_since=_since(args.since),
+        select=tuple(s.strip() for s in (args.select or "").split(",") if s.strip()),
+        raw_query=args.query,
+    )
+    written = 0
+    out = sys.stdout
+    for page in source.pages(criteria):
+        for record in page.records:
+            if args.limit is not None and written >= args.limit:
+                return EXIT_OK
+            out.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+            written += 1
+        out.flush()
+    if args.verbose:
+        print(f"{written} records", file=sys.stderr)
+    return EXIT_OK
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _photo_name(photo: PhotoObject) -> str:
+    ext = {"image/jpeg": "jpg", "image/png": "png", "image/gif": "gif", "image/webp": "webp"}.get(
+        (photo.content_type or "").lower(), "bin")
+    return f"{_UNSAFE.sub('_', photo.listing_key)}-{photo.order:03d}.{ext}"
+
+
+def cmd_photos(args: argparse.Namespace, source: Source) -> int:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for photo in source.photos(args.listing):
+        if photo.data is None:
+            failures += 1
+            print(f"{photo.listing_key}\t{photo.order}\tERROR\t{photo.error or 'no data'}")
+            continue
+        path = out / _photo_name(photo)
+        path.write_bytes(photo.data)
+        print(f"{photo.listing_key}\t{photo.order}\t{len(photo.data)}\t{path}")
+    return EXIT_OK if not failures else EXIT_SERVER
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _source_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("which MLS")
+    g.add_argument("--provider", help="provider YAML name (include/mappings/NAME.yaml); the connection "
+                                      "comes from AIRFLOW_CONN_<CONNECTION_ID>")
+    g.add_argument("--login-url", help="RETS login URL, for an MLS without a YAML yet")
+    g.add_argument("--username")
+    g.add_argument("--password")
+    g.add_argument("--user-agent")
+    g.add_argument("--ua-password")
+    g.add_argument("--rets-version", help="e.g. RETS/1.7.2 (default) or RETS/1.8")
+    g.add_argument("--resource", help="RETS resource (default Property)")
+    g.add_argument("--class", dest="class_", help="RETS class (default RE_1)")
+    g.add_argument("--format", choices=("COMPACT", "COMPACT-DECODED"))
+    g.add_argument("--key-field", default="ListingKey", help="key field for explicit RETS (default ListingKey)")
+    g.add_argument("--modified-field", default="ModificationTimestamp",
+                   help="modification timestamp field for explicit RETS")
+    g.add_argument("--attempts", type=int, default=None, help="attempts per request (retries + 1)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log requests to stderr")
+
+
+def add_check(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="log in and print what the server says about itself")
+    _source_args(p)
+    p.set_defaults(handler=cmd_check)
+
+
+def add_metadata(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("metadata", help="print resources, classes, fields and lookups as JSON")
+    _source_args(p)
+    p.set_defaults(handler=cmd_metadata)
+
+
+def add_search(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("search", help="stream records as JSON Lines (server field names)")
+    _source_args(p)
+    p.add_argument("--query", "--filter", dest="query", help="DMQL2 (RETS) or OData $filter (RESO), ANDed")
+    p.add_argument("--since", help="only records modified at or after this ISO timestamp (UTC if no zone)")
+    p.add_argument("--select", help="comma-separated server field names")
+    p.add_argument("--limit", type=int, help="stop after this many records")
+    p.set_defaults(handler=cmd_search)
+
+
+def add_photos(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("photos", help="download a listing's photos into a directory")
+    _source_args(p)
+    p.add_argument("--listing", action="append", required=True, help="listing key (repeatable)")
+    p.add_argument("--out", required=True, help="directory to write the photos to")
+    p.set_defaults(handler=cmd_photos)
+
+
+# One function per subcommand: adding `sync` later is one more `add_*` in this tuple.
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_check, add_metadata, add_search,
+                                                                   add_photos]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mls-sync", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"mls-sync: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # exits 2 on usage errors
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        source = open_from_args(args)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    try:
+        with source:
+            return args.handler(args, source)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except AuthError as exc:
+        return _fail(f"authentication failed: {exc}", EXIT_AUTH)
+    except SourceError as exc:
+        if getattr(exc, "category", "") == "data":
+            return _fail(f"the server rejected the request: {exc}", EXIT_USAGE)
+        return _fail(f"server or network error: {exc}", EXIT_SERVER)
+    except BrokenPipeError:  # `mls-sync search | head`
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

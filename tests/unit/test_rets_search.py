@@ -1,0 +1,108 @@
+"""The search walk against an in-memory server that caps rows and ignores or rejects Offset."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from datetime import datetime, timedelta
+
+import pytest
+from mls_sync.sources.base import QueryError
+from mls_sync.sources.rets.dmql import format_ts
+from mls_sync.sources.rets.search import PageResult, SearchWalk
+
+START = datetime(2024, 1, 1)
+
+
+def make_records(n: int, cluster: int, seed: int = 3) -> list[dict[str, str]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ts = START + timedelta(days=30) if i >= n - cluster else START + timedelta(seconds=rng.randint(0, 86400 * 60))
+        key = f"{rng.randint(2020, 2024)}{rng.randint(1, 12):02d}{i:06d}"
+        out.append({"K": key, "M": format_ts(ts)})
+    return out
+
+
+class FakeServer:
+    """Understands exactly the DMQL the walk writes; sorts by key like many servers."""
+
+    def __init__(self, records: list[dict[str, str]], cap: int, offset_mode: str) -> None:
+        self.records = sorted(records, key=lambda r: r["K"])
+        self.cap, self.mode = cap, offset_mode
+        self.calls = 0
+
+    def fetch(self, query: str, offset: int | None) -> PageResult:
+        self.calls += 1
+        if offset is not None and self.mode == "reject":
+            raise QueryError("Offset not supported", code=20203)
+        rows = self.records
+        ts = r"\d{4}-\d{2}-\d{2}T[0-9:.]+"
+        m = re.search(rf"\(M=({ts})(?:-({ts}))?(\+)?\)", query)
+        if m:
+            low = datetime.fromisoformat(m.group(1))
+            high = datetime.fromisoformat(m.group(2)) if m.group(2) else datetime.max
+            rows = [r for r in rows if low <= datetime.fromisoformat(r["M"]) <= high]
+        for neg, body in re.findall(r"(~?)\(K=([^)]*)\)", query):
+            prefixes = [p.rstrip("*") for p in body.split(",")]
+            hit = [r for r in rows if any(r["K"].startswith(p) for p in prefixes)]
+            rows = [r for r in rows if r not in hit] if neg else hit
+        start = (offset or 1) - 1 if self.mode == "honour" else 0
+        page = rows[start:start + self.cap]
+        return PageResult([dict(r) for r in page], len(rows), len(rows) > start + len(page))
+
+
+def walk(server: FakeServer, mode: str = "auto", state: dict | None = None, stop_after: int | None = None):
+    w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=server.cap, offset_mode=mode,
+                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
+    keys, last = [], state
+    for i, (records, after) in enumerate(w.walk([], None, None, state)):
+        keys += [r["K"] for r in records]
+        last = after
+        json.dumps(after)  # cursors are JSON
+        if stop_after is not None and i + 1 >= stop_after:
+            break
+    return keys, last
+
+
+@pytest.mark.parametrize("mode", ["honour", "ignore", "reject"])
+def test_every_record_exactly_once_with_a_cluster_bigger_than_the_cap(mode: str) -> None:
+    records = make_records(3000, cluster=900)
+    server = FakeServer(records, cap=500, offset_mode=mode)
+    keys, last = walk(server)
+    assert sorted(keys) == sorted(r["K"] for r in records)
+    assert last is None
+    assert server.calls < 60
+
+
+def test_resume_from_a_cursor_in_window_mode() -> None:
+    records = make_records(3000, cluster=900)
+    server = FakeServer(records, cap=500, offset_mode="ignore")
+    first, cursor = walk(server, stop_after=6)
+    assert cursor and cursor["mode"] == "window"
+    rest, last = walk(server, state=json.loads(json.dumps(cursor)))
+    assert last is None
+    assert set(first) | set(rest) == {r["K"] for r in records}
+
+
+def test_resume_from_a_cursor_in_offset_mode() -> None:
+    records = make_records(2000, cluster=0)
+    server = FakeServer(records, cap=300, offset_mode="honour")
+    first, cursor = walk(server, stop_after=2)
+    assert cursor == {"mode": "offset", "offset": 601, "head": first[0]}
+    rest, _ = walk(server, state=cursor)
+    assert len(first) + len(rest) == 2000 and not set(first) & set(rest)
+
+
+def test_offset_always_refuses_to_fall_back() -> None:
+    server = FakeServer(make_records(1000, 0), cap=300, offset_mode="ignore")
+    with pytest.raises(Exception, match="ignores Offset"):
+        walk(server, mode="always")
+
+
+def test_offset_never_goes_straight_to_windows() -> None:
+    records = make_records(1200, 0)
+    server = FakeServer(records, cap=300, offset_mode="honour")
+    keys, _ = walk(server, mode="never")
+    assert sorted(keys) == sorted(r["K"] for r in records)
