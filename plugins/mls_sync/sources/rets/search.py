@@ -113,8 +113,10 @@ class SearchWalk:
             if offset > 1 and keys:
                 self.learned["ok"] = True
             offset += len(res.records)
-            done = (not res.records or (not res.maxrows and len(res.records) < self.page_size)
-                    or (res.count is not None and offset > res.count))
+            if res.count is not None:  # trust COUNT: a server may cap rows below Limit without MAXROWS
+                done = not res.records or offset > res.count
+            else:
+                done = not res.records or (not res.maxrows and len(res.records) < self.page_size)
             yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
             if done:
                 return
