@@ -1,0 +1,77 @@
+"""The DAG files import cleanly, every DAG is production-shaped, a bad YAML fails only itself."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack import ROOT
+
+pytestmark = [pytest.mark.airflow]
+
+MAPPINGS = ROOT / "include" / "mappings"
+
+
+def _bag(monkeypatch: pytest.MonkeyPatch | None = None, mappings: Path | None = None):
+    from airflow.dag_processing.dagbag import DagBag
+
+    if monkeypatch is not None and mappings is not None:
+        monkeypatch.setenv("MLS_MAPPINGS_DIR", str(mappings))
+    return DagBag(dag_folder=str(ROOT / "dags"))
+
+
+def test_no_import_errors_and_production_defaults() -> None:
+    bag = _bag()
+    assert bag.import_errors == {}
+    providers = sorted(p.stem for p in MAPPINGS.glob("*.yaml"))
+    for pid in providers:
+        assert f"mls_sync__{pid}" in bag.dags and f"mls_status__{pid}" in bag.dags
+    assert "mls_media_maintenance" in bag.dags or not (ROOT / "dags" / "mls_media_maintenance.py").exists()
+    for dag_id, dag in bag.dags.items():
+        assert dag.tags, dag_id
+        assert dag.catchup is False, dag_id
+        assert dag.max_active_runs == 1, dag_id
+        for t in dag.tasks:
+            assert t.owner and t.owner != "airflow", (dag_id, t.task_id)
+            if t.task_id != "announce":  # announce only emits an Asset event; nothing to retry
+                assert t.retries >= 2, (dag_id, t.task_id)
+
+
+def test_sync_dag_shape_and_trigger_form() -> None:
+    dag = _bag().dags["mls_sync__demo_rets"]
+    assert [t.task_id for t in dag.topological_sort()][:5] == ["plan", "fetch", "transform_load", "reconcile",
+                                                                  "media_batches"]
+    assert dag.get_task("finalize").trigger_rule == "all_done"
+    assert dag.get_task("fetch").pool == "mls_demo_rets"
+    assert dag.get_task("fetch").retry_exponential_backoff
+    assert {"mode", "listing_keys", "postal_codes", "dry_run", "include_photos"} <= set(dag.params.keys())
+    media = dag.get_task("media")
+    assert media.map_index_template
+
+
+def test_bad_yaml_fails_only_its_own_dag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for p in MAPPINGS.glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    bad = yaml.safe_load((MAPPINGS / "demo_rets.yaml").read_text())
+    bad["provider_id"] = "broken_mls"
+    bad["limits"]["requests_per_hour"] = "lots"
+    (tmp_path / "broken_mls.yaml").write_text(yaml.safe_dump(bad))
+    bag = _bag(monkeypatch, tmp_path)
+    assert "mls_sync__demo_rets" in bag.dags and "mls_sync__demo_reso" in bag.dags
+    assert "mls_sync__broken_mls" not in bag.dags
+    (err,) = bag.import_errors.values()
+    assert "broken_mls.yaml" in err and "limits.requests_per_hour" in err
+
+
+def test_cli_list_import_errors_reports_none() -> None:
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-m", "airflow", "dags", "list-import-errors", "--local"],
+                         capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "mls_sync.py" not in out.stdout

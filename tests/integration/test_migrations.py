@@ -1,0 +1,93 @@
+"""Schema migrations: ordered, idempotent, safe to run twice and concurrently."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+
+import psycopg2
+import pytest
+import sqlalchemy as sa
+
+from mls_sync.store.db import DatabaseConfigError, get_engine, migrate, migration_files
+
+pytestmark = pytest.mark.integration
+
+EXPECTED = {"properties", "property_media", "property_status_history", "property_conflicts", "mls_sync_status",
+            "mls_sync_history", "mls_sync_errors", "mls_raw_records", "mls_schema_migrations"}
+STORY_INDEXES = {"idx_properties_mls_listing_id", "idx_properties_status_updated",
+                 "idx_mls_sync_status_provider", "idx_mls_sync_history_sync_id"}
+
+
+@pytest.fixture
+def empty_db(pg_admin_url: str):
+    name = f"mls_mig_{uuid.uuid4().hex[:8]}"
+    admin = psycopg2.connect(pg_admin_url)
+    admin.autocommit = True
+    admin.cursor().execute(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(pg_admin_url).set(database=name).render_as_string(hide_password=False)
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    yield engine
+    engine.dispose()
+    admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.close()
+
+
+def _schema(engine: sa.Engine) -> dict[str, list[str]]:
+    insp = sa.inspect(engine)
+    return {t: sorted(c["name"] for c in insp.get_columns(t)) for t in insp.get_table_names()}
+
+
+def test_apply_twice_to_empty_database(empty_db: sa.Engine) -> None:
+    first = migrate(empty_db)
+    assert first == [p.name for p in migration_files()]
+    before = _schema(empty_db)
+    assert EXPECTED <= set(before)
+    assert migrate(empty_db) == []
+    # the files themselves are idempotent: forget they ran and apply them again
+    with empty_db.begin() as c:
+        c.execute(sa.text("DELETE FROM mls_schema_migrations"))
+    assert migrate(empty_db) == first
+    assert _schema(empty_db) == before
+    with empty_db.connect() as c:
+        names = set(c.execute(sa.text("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")).scalars())
+    assert STORY_INDEXES <= names
+
+
+def test_concurrent_migrators_do_not_collide(empty_db: sa.Engine) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            migrate(empty_db)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert EXPECTED <= set(_schema(empty_db))
+
+
+def test_status_changes_are_recorded_by_trigger(db: sa.Engine) -> None:
+    with db.begin() as c:
+        c.execute(sa.text("INSERT INTO properties (provider_id, listing_key, status, row_hash) "
+                          "VALUES ('p', 'k', 'Active', 'h')"))
+        c.execute(sa.text("UPDATE properties SET status = 'Pending' WHERE listing_key = 'k'"))
+        c.execute(sa.text("UPDATE properties SET price = 1 WHERE listing_key = 'k'"))
+        rows = c.execute(sa.text("SELECT old_status, new_status FROM property_status_history")).all()
+    assert rows == [("Active", "Pending")]
+
+
+def test_bad_database_url_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLS_DATABASE_URL", "postgresql://nobody@127.0.0.1:1/none")
+    with pytest.raises(DatabaseConfigError) as exc:
+        get_engine()
+    msg = str(exc.value)
+    assert "MLS_DATABASE_URL" in msg and "\n" not in msg
+    monkeypatch.setenv("MLS_DATABASE_URL", "not a url at all")
+    with pytest.raises(DatabaseConfigError, match="not a valid database URL"):
+        get_engine()

@@ -1,0 +1,252 @@
+"""The real generated DAGs (`dag.test()`) against the mock MLS over HTTP and PostgreSQL.
+
+These are the acceptance checks of the sync engine: full, incremental, no-change, partial, dry run,
+status poll, conflicts. Photos are off here (their own tests cover the media stage).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from mls_sync.columns import ACTIVE_STATUSES
+from mls_sync.store import properties as prop_store
+from mls_sync.store.tables import tables
+from tests.integration.dagrun import last_run, point_at, rows, run_dag, scalar, task_states
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+NO_PHOTOS = {"include_photos": False}
+
+
+@pytest.fixture
+def mls(mock_mls_factory, db, db_url, tmp_path):
+    m = mock_mls_factory(listings=400, seed=11, photos_per_listing=1)
+    point_at(m, db_url, str(tmp_path / "media"))
+    return m
+
+
+def _expected_active(mls) -> dict[str, dict]:
+    out = {}
+    for k in mls.all_keys():
+        rec = mls.listing(k)
+        if rec["StandardStatus"] in ACTIVE_STATUSES:
+            out[k] = rec
+    return out
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _assert_matches_mls(db, mls, keys) -> None:
+    got = {r["listing_key"]: r for r in rows(db, "SELECT * FROM properties WHERE listing_key = ANY(:k)",
+                                             k=list(keys))}
+    for k in keys:
+        want, row = mls.listing(k), got[k]
+        assert row["price"] == Decimal(str(want["ListPrice"])).quantize(Decimal("0.01")), k
+        assert row["status"] == want["StandardStatus"], k
+        assert row["city"] == want["City"] and row["postal_code"] == want["PostalCode"], k
+        assert row["bedrooms"] == want["BedroomsTotal"], k
+        assert row["mls_modified_at"] == _ts(want["ModificationTimestamp"]), k
+        assert "<" not in (row["public_remarks"] or ""), k
+
+
+def test_full_then_incremental_then_no_change(mls, db) -> None:
+    dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    assert str(dr.state) == "success", task_states(dr)
+    expected = _expected_active(mls)
+    run = last_run(db, "demo_reso")
+    assert run["mode"] == "full" and run["state"] == "success"
+    assert run["added"] == len(expected) and run["failed"] == 0
+    assert scalar(db, "SELECT count(*) FROM properties WHERE provider_id = 'demo_reso'") == len(expected)
+    _assert_matches_mls(db, mls, list(expected)[:60])
+    status = rows(db, "SELECT * FROM mls_sync_status WHERE provider_id = 'demo_reso'")[0]
+    assert status["state"] == "idle" and status["watermark"] is not None and status["last_success_at"]
+
+    changed = mls.mutate(price=4, status=3, new=2)
+    dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    assert str(dr.state) == "success", task_states(dr)
+    run = last_run(db, "demo_reso")
+    assert run["mode"] == "incremental"
+    touched = set(changed["price"]) | set(changed["status"]) | set(changed["new"])
+    sid = run["id"]
+    updated = {r["listing_key"] for r in rows(
+        db, "SELECT listing_key FROM properties WHERE last_sync_id = :s AND first_sync_id <> :s", s=sid)}
+    added = {r["listing_key"]: r["is_active"] for r in rows(
+        db, "SELECT listing_key, is_active FROM properties WHERE first_sync_id = :s", s=sid)}
+    # exactly the changed listings were rewritten; besides the new ones, only listings the full
+    # (active-only) sync never had arrive, and those are off the market
+    assert updated == touched - set(changed["new"])
+    assert set(changed["new"]) <= set(added)
+    assert not any(active for k, active in added.items() if k not in changed["new"])
+    assert run["updated"] == len(updated) and run["added"] == len(added)
+    _assert_matches_mls(db, mls, touched)
+    history = rows(db, "SELECT listing_key, new_status FROM property_status_history")
+    assert {h["listing_key"] for h in history} == set(changed["status"])
+
+    before = scalar(db, "SELECT max(updated_at) FROM properties")
+    dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    run = last_run(db, "demo_reso")
+    assert run["mode"] == "incremental" and run["added"] == 0 and run["updated"] == 0
+    assert scalar(db, "SELECT max(updated_at) FROM properties") == before  # not one row rewritten
+
+
+def test_dry_run_writes_nothing_and_reports(mls, db) -> None:
+    dr = run_dag("mls_sync__demo_reso", {**NO_PHOTOS, "dry_run": True, "mode": "full"})
+    assert str(dr.state) == "success", task_states(dr)
+    run = last_run(db, "demo_reso")
+    assert run["dry_run"] and run["added"] == len(_expected_active(mls))
+    assert len(run["report"]["dry_run_preview"]["add"]) == 50  # a sample of keys for the preview
+    assert scalar(db, "SELECT count(*) FROM properties") == 0
+    assert scalar(db, "SELECT watermark FROM mls_sync_status WHERE provider_id = 'demo_reso'") is None
+
+
+def test_partial_by_listing_keys(mls, db) -> None:
+    keys = sorted(k for k in mls.all_keys() if mls.listing(k)["StandardStatus"] != "Delete")[:3]
+    dr = run_dag("mls_sync__demo_reso", {**NO_PHOTOS, "listing_keys": keys})
+    assert str(dr.state) == "success", task_states(dr)
+    run = last_run(db, "demo_reso")
+    assert run["mode"] == "partial" and run["records_fetched"] == 3
+    assert {r["listing_key"] for r in rows(db, "SELECT listing_key FROM properties")} == set(keys)
+    # a partial run never moves the watermark
+    assert scalar(db, "SELECT watermark FROM mls_sync_status WHERE provider_id = 'demo_reso'") is None
+
+
+def test_bad_conf_is_refused_before_the_run_starts(mls, db) -> None:
+    from airflow.sdk.exceptions import ParamValidationError
+
+    mls.reset_counters()
+    with pytest.raises(ParamValidationError, match="listing_keys"):
+        run_dag("mls_sync__demo_reso", {"listing_keys": ["x' or 1 eq 1 or ListingKey eq '"]})
+    assert scalar(db, "SELECT count(*) FROM mls_sync_history") == 0
+    assert "reso:Property" not in str(mls.counters())
+
+
+def test_status_poll_applies_status_changes(mls, db) -> None:
+    run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    changed = mls.mutate(status=3)
+    dr = run_dag("mls_status__demo_reso")
+    assert str(dr.state) == "success", task_states(dr)
+    for k in changed["status"]:
+        row = rows(db, "SELECT status, is_active FROM properties WHERE listing_key = :k", k=k)[0]
+        assert row["status"] == mls.listing(k)["StandardStatus"]
+        assert row["is_active"] == (row["status"] in ACTIVE_STATUSES)
+    assert scalar(db, "SELECT count(*) FROM property_status_history") == len(changed["status"])
+
+
+def test_deleted_listing_with_local_edits_becomes_conflict(mls, db) -> None:
+    run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    removed = mls.mutate(remove=2)["remove"]
+    on_market = [k for k in removed if scalar(db, "SELECT count(*) FROM properties WHERE listing_key = :k", k=k)]
+    assert on_market, "the mock removed listings we never stored; pick another seed"
+    edited, plain = on_market[0], on_market[1:]
+    with db.begin() as c:
+        prop_store.edit_property(c, tables(db), "demo_reso", edited, {"price": 123456, "public_remarks": "ours"},
+                                 by="agent@example.com")
+    dr = run_dag("mls_sync__demo_reso", {**NO_PHOTOS, "mode": "full"})
+    assert str(dr.state) == "success", task_states(dr)
+    conflict = rows(db, "SELECT * FROM property_conflicts WHERE listing_key = :k", k=edited)
+    assert len(conflict) == 1 and conflict[0]["kind"] == "deleted_in_mls"
+    assert conflict[0]["fields"]["price"]["local"] == 123456
+    # demo_reso's policy is mls_wins: recorded, resolved by policy, listing soft-deleted
+    assert conflict[0]["state"] == "resolved" and conflict[0]["resolution"] == "mls"
+    for k in [edited, *plain]:
+        assert scalar(db, "SELECT deleted_at IS NOT NULL FROM properties WHERE listing_key = :k", k=k)
+
+
+def test_mls_change_to_locally_edited_field_is_a_conflict(mls, db, monkeypatch, tmp_path) -> None:
+    run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    price_changed = mls.mutate(price=3)["price"]
+    key = next(k for k in price_changed
+               if scalar(db, "SELECT count(*) FROM properties WHERE listing_key = :k", k=k))
+    with db.begin() as c:
+        prop_store.edit_property(c, tables(db), "demo_reso", key, {"price": 1}, by="agent@example.com")
+    _use_policy(monkeypatch, tmp_path, "demo_reso", "manual")
+    run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    row = rows(db, "SELECT price, local_edits FROM properties WHERE listing_key = :k", k=key)[0]
+    assert row["price"] == Decimal("1.00")  # manual policy: the local value stays until someone decides
+    c = rows(db, "SELECT * FROM property_conflicts WHERE listing_key = :k", k=key)[0]
+    assert c["state"] == "open" and c["kind"] == "field_changed"
+    assert Decimal(c["fields"]["price"]["mls"]) == Decimal(str(mls.listing(key)["ListPrice"]))
+
+
+def _use_policy(monkeypatch, tmp_path, provider_id: str, policy: str) -> None:
+    import shutil
+
+    import yaml
+
+    from devstack import ROOT
+    from mls_sync_airflow import tasks
+
+    for p in (ROOT / "include" / "mappings").glob("*.yaml"):
+        shutil.copy(p, tmp_path / p.name)
+    path = tmp_path / f"{provider_id}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["conflicts"] = {"policy": policy}
+    path.write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLS_MAPPINGS_DIR", str(tmp_path))
+    tasks.provider.cache_clear()
+
+
+def test_watermark_only_moves_on_success(mls, db) -> None:
+    run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    mark = scalar(db, "SELECT watermark FROM mls_sync_status WHERE provider_id = 'demo_reso'")
+    mls.mutate(price=2)
+    mls.fault("http_error", status=500, count=1000)
+    dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    mls.clear_faults()
+    assert task_states(dr)["fetch"] == "failed"
+    run = last_run(db, "demo_reso")
+    assert run["state"] == "failed" and "fetch" in (run["error_summary"] or "")
+    status = rows(db, "SELECT * FROM mls_sync_status WHERE provider_id = 'demo_reso'")[0]
+    assert status["watermark"] == mark and status["state"] == "failed"
+    assert status["consecutive_failures"] == 1
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries(monkeypatch, tmp_path_factory):
+    """Task retries with second-long delays, so failure paths finish quickly under dag.test()."""
+    import shutil
+
+    import yaml
+
+    from devstack import ROOT
+    from mls_sync_airflow import tasks
+
+    d = tmp_path_factory.mktemp("mappings")
+    for p in (ROOT / "include" / "mappings").glob("*.yaml"):
+        data = yaml.safe_load(p.read_text())
+        data["retry"] = {"task_retries": 2, "retry_delay_seconds": 1, "max_retry_delay_seconds": 2}
+        data["limits"] = {**data.get("limits", {}), "request_attempts": 2, "requests_per_second": None}
+        (d / p.name).write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLS_MAPPINGS_DIR", str(d))
+    tasks.provider.cache_clear()
+    yield
+    tasks.provider.cache_clear()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_engine_rejects_bad_records_into_errors(mls, db) -> None:
+    """A record with an unreadable required field is logged with payload and skipped, not fatal."""
+    from mls_sync import sync
+    from mls_sync.config import find_provider
+    from mls_sync.connections import from_env
+
+    cfg = find_provider("demo_reso")
+    ctx = sync.SyncContext(provider=cfg, db=db, mls=from_env(cfg.connection_id))
+    plan = sync.plan(ctx, dag_id="t", dag_run_id="bad", conf=NO_PHOTOS)
+    sync.fetch(ctx, plan)
+    with db.begin() as c:
+        c.execute(sa.text("UPDATE mls_raw_records SET payload = payload || '{\"ModificationTimestamp\": \"soon\"}'"
+                          " WHERE listing_key = (SELECT min(listing_key) FROM mls_raw_records)"))
+    out = sync.transform_load(ctx, plan)
+    assert out["failed"] == 1
+    err = rows(db, "SELECT * FROM mls_sync_errors WHERE stage = 'transform'")[0]
+    assert err["category"] == "data" and "ISO 8601" in err["message"]
+    assert err["payload"]["ModificationTimestamp"] == "soon" and err["next_retry_at"] is not None
+    result = sync.finalize(ctx, plan, [])
+    assert result["failed"] == 1 and result["state"] == "success"

@@ -1,0 +1,89 @@
+"""Provider YAML validation: every shipped YAML loads; every mistake names file, key and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mls_sync.config import ConfigError, find_provider, load_provider, provider_paths
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "include" / "mappings"
+
+
+def _write(tmp_path: Path, name: str, data: dict) -> Path:
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return p
+
+
+def _demo(name: str = "demo_rets") -> dict:
+    return yaml.safe_load((MAPPINGS / f"{name}.yaml").read_text())
+
+
+def test_shipped_providers_load() -> None:
+    names = [p.stem for p in provider_paths(MAPPINGS)]
+    assert {"demo_rets", "demo_reso"} <= set(names)
+    for name in names:
+        cfg = load_provider(MAPPINGS / f"{name}.yaml")
+        assert cfg.dag_id() == f"mls_sync__{name}"
+        assert "listing_key" in [t.column for t in cfg.targets()]
+
+
+def test_rets_status_map_inverts_for_queries() -> None:
+    cfg = find_provider("demo_rets", MAPPINGS)
+    assert cfg.source_statuses(["Active", "ActiveUnderContract"]) == ("Active", "Active Under Contract")
+    reso = find_provider("demo_reso", MAPPINGS)
+    assert reso.source_statuses(["Active"]) == ("Active",)
+
+
+def test_unknown_key_names_file_key_and_fix(tmp_path: Path) -> None:
+    data = _demo()
+    data["provider_id"] = "typo"
+    data["rets"]["page_sise"] = 100
+    with pytest.raises(ConfigError) as exc:
+        load_provider(_write(tmp_path, "typo", data))
+    msg = str(exc.value)
+    assert "typo.yaml" in msg and "rets.page_sise" in msg and "unknown key" in msg
+
+
+def test_wrong_type_and_unknown_column(tmp_path: Path) -> None:
+    data = _demo()
+    data["provider_id"] = "badtypes"
+    data["limits"]["requests_per_second"] = "fast"
+    data["fields"]["LIST_22"] = {"column": "prise", "type": "money"}
+    with pytest.raises(ConfigError) as exc:
+        load_provider(_write(tmp_path, "badtypes", data))
+    msg = str(exc.value)
+    assert "limits.requests_per_second" in msg
+    assert "unknown column 'prise'" in msg
+
+
+def test_status_map_must_name_standard_statuses(tmp_path: Path) -> None:
+    data = _demo()
+    data["provider_id"] = "badstatus"
+    data["status_map"]["Sold"] = "Sold"
+    with pytest.raises(ConfigError, match="not a RESO StandardStatus"):
+        load_provider(_write(tmp_path, "badstatus", data))
+
+
+def test_provider_id_must_match_file_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="must equal the file name"):
+        load_provider(_write(tmp_path, "other_name", _demo()))
+
+
+def test_not_yaml_and_missing_provider(tmp_path: Path) -> None:
+    p = tmp_path / "broken.yaml"
+    p.write_text("provider_id: [unclosed", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_provider(p)
+    with pytest.raises(ConfigError, match="known providers: broken"):
+        find_provider("nope", tmp_path)
+
+
+def test_yaml_tags_cannot_run_code(tmp_path: Path) -> None:
+    p = tmp_path / "evil.yaml"
+    p.write_text("provider_id: !!python/object/apply:os.system ['echo pwned']\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_provider(p)

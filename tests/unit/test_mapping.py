@@ -1,0 +1,105 @@
+"""Field map + normalizers: MLS values in, typed column values out, bad values never silent."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from mls_sync.config import find_provider
+from mls_sync.mapping import Mapper, parse_time_zone, row_hash
+
+MAPPINGS = Path(__file__).resolve().parents[2] / "include" / "mappings"
+
+
+@pytest.fixture
+def rets_mapper() -> Mapper:
+    return Mapper(find_provider("demo_rets", MAPPINGS), time_zone=parse_time_zone("-05:00"))
+
+
+def _record(**over: str) -> dict[str, str]:
+    rec = {
+        "LIST_1": "20240101000000000001", "LIST_105": "MLS1000001", "LIST_22": "$1,250,000.5",
+        "LIST_15": "Active Under Contract", "LIST_30": " 12 Oak St, Austin, TX 78701 ", "LIST_39": "Austin",
+        "LIST_43": "78701-1234", "LIST_66": "4", "LIST_67": "2.0", "LIST_48": "2,150", "LIST_53": "1999",
+        "LIST_132": "2024-01-05", "LIST_87": "2024-03-01T10:30:00", "LIST_88": "2024-03-01T10:00:00.250",
+        "GF20": "Granite Counters, Fireplace,,", "REMARKS": "<p>Sunny &amp; bright<br/>home</p><b>Wow</b>",
+        "LIST_46": "30.2672", "LIST_47": "-97.7431",
+    }
+    rec.update(over)
+    return rec
+
+
+def test_normalizes_every_kind(rets_mapper: Mapper) -> None:
+    m = rets_mapper.map(_record())
+    assert m.rejected is None and not m.warnings
+    row = m.row
+    assert row["price"] == Decimal("1250000.50")
+    assert row["status"] == "ActiveUnderContract" and row["mls_status"] == "Active Under Contract"
+    assert row["address"] == "12 Oak St, Austin, TX 78701"
+    assert row["bedrooms"] == 4 and row["bathrooms"] == Decimal("2.0") and row["square_feet"] == 2150
+    assert row["listed_date"] == date(2024, 1, 5)
+    # naive RETS local time (-05:00) -> UTC
+    assert row["mls_modified_at"] == datetime(2024, 3, 1, 15, 30, tzinfo=UTC)
+    assert row["status_changed_at"] == datetime(2024, 3, 1, 15, 0, 0, 250000, tzinfo=UTC)
+    assert row["interior_features"] == ["Granite Counters", "Fireplace"]
+    assert row["public_remarks"] == "Sunny & bright\nhome\nWow"
+    assert row["latitude"] == Decimal("30.2672")
+
+
+def test_missing_required_field_rejects_with_reason(rets_mapper: Mapper) -> None:
+    m = rets_mapper.map(_record(LIST_105=""))
+    assert m.row is None
+    assert "LIST_105" in m.rejected and "mls_listing_id" in m.rejected
+
+
+def test_unreadable_optional_value_is_null_with_warning(rets_mapper: Mapper) -> None:
+    m = rets_mapper.map(_record(LIST_22="call agent", LIST_66="3.5"))
+    assert m.row is not None
+    assert m.row["price"] is None and m.row["bedrooms"] is None
+    assert any("LIST_22" in w and "money" in w for w in m.warnings)
+    assert any("LIST_66" in w and "whole number" in w for w in m.warnings)
+
+
+def test_unknown_status_is_a_warning_not_a_crash(rets_mapper: Mapper) -> None:
+    m = rets_mapper.map(_record(LIST_15="Sold-ish"))
+    assert m.row["status"] is None
+    assert any("Sold-ish" in w for w in m.warnings)
+
+
+def test_bad_required_timestamp_rejects(rets_mapper: Mapper) -> None:
+    m = rets_mapper.map(_record(LIST_87="yesterday"))
+    assert m.row is None and "ISO 8601" in m.rejected
+
+
+def test_row_hash_changes_only_with_content(rets_mapper: Mapper) -> None:
+    a = rets_mapper.map(_record()).row_hash
+    assert a == rets_mapper.map(_record()).row_hash
+    assert a != rets_mapper.map(_record(LIST_22="1250001")).row_hash
+    assert row_hash({"a": 1, "b": 2}) == row_hash({"b": 2, "a": 1})
+
+
+def test_reso_values_arrive_typed() -> None:
+    mapper = Mapper(find_provider("demo_reso", MAPPINGS))
+    rec = {"ListingKey": "K1", "ListingId": "MLS1", "StandardStatus": "Closed", "ListPrice": 350000,
+           "ModificationTimestamp": "2024-03-01T10:30:00.000Z", "Appliances": ["Dishwasher", "Range"],
+           "BedroomsTotal": 3}
+    m = mapper.map(rec)
+    assert m.row["status"] == "Closed" and m.row["price"] == Decimal("350000.00")
+    assert m.row["appliances"] == ["Dishwasher", "Range"] and m.row["bedrooms"] == 3
+    assert m.row["mls_modified_at"] == datetime(2024, 3, 1, 10, 30, tzinfo=UTC)
+    assert not Mapper.is_active(m.row)
+
+
+@pytest.mark.parametrize("value,expected", [("-05:00", -300), ("+0530", 330), ("UTC", 0)])
+def test_time_zones(value: str, expected: int) -> None:
+    tz = parse_time_zone(value)
+    assert tz.utcoffset(None).total_seconds() / 60 == expected
+
+
+def test_iana_zone_and_bad_zone() -> None:
+    assert parse_time_zone("America/Chicago") is not None
+    with pytest.raises(ValueError, match="unknown time zone"):
+        parse_time_zone("Mars/Olympus")
