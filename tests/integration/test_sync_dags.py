@@ -11,10 +11,10 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-
 from mls_sync.columns import ACTIVE_STATUSES
 from mls_sync.store import properties as prop_store
 from mls_sync.store.tables import tables
+
 from tests.integration.dagrun import last_run, point_at, rows, run_dag, scalar, task_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
@@ -178,9 +178,9 @@ def _use_policy(monkeypatch, tmp_path, provider_id: str, policy: str) -> None:
     import shutil
 
     import yaml
+    from mls_sync_airflow import tasks
 
     from devstack import ROOT
-    from mls_sync_airflow import tasks
 
     for p in (ROOT / "include" / "mappings").glob("*.yaml"):
         shutil.copy(p, tmp_path / p.name)
@@ -213,9 +213,9 @@ def _fast_retries(monkeypatch, tmp_path_factory):
     import shutil
 
     import yaml
+    from mls_sync_airflow import tasks
 
     from devstack import ROOT
-    from mls_sync_airflow import tasks
 
     d = tmp_path_factory.mktemp("mappings")
     for p in (ROOT / "include" / "mappings").glob("*.yaml"):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from mls_sync.config import ConfigError, find_provider, load_provider, provider_paths
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "include" / "mappings"

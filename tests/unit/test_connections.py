@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from mls_sync.connections import ConnectionNotFound, from_env
 
 

@@ -7,7 +7,6 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-
 from mls_sync.config import find_provider
 from mls_sync.mapping import Mapper, parse_time_zone, row_hash
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import UTC
 
 import pytest
-
 from mls_sync.run_options import PARAM_SCHEMAS, RunOptions, RunOptionsError
 
 
