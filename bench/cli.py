@@ -1,0 +1,141 @@
+"""`python -m bench [SCENARIO ...] [--listings N] [--photos N] [--profile] ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.stack import set_airflow_env
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+NAMES = {"full": "1", "incremental": "2", "nochange": "3", "media": "4", "full100k": "5", "window": "6"}
+HELP = ("scenarios: 1/full (10,000 listings), 2/incremental (1%% changed), 3/nochange, 4/media (2,000 photos), "
+        "5/full100k (100,000 listings), 6/window (row cap 2,500, Offset ignored); default: all")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=HELP)
+    ap.add_argument("scenarios", nargs="*", help="scenario numbers or names (default: all)")
+    ap.add_argument("--listings", type=int, help="listings for the selected scenarios "
+                    "(default 10,000 for 1-3 and 100,000 for 5-6)")
+    ap.add_argument("--photos", type=int, default=2000, help="photos for scenario 4 (default 2,000)")
+    ap.add_argument("--providers", default="demo_rets,demo_reso", help="providers for scenarios 1-3")
+    ap.add_argument("--profile", action="store_true", help="pyinstrument profile of the engine runs "
+                    "(bench/results/profile-*.html and .txt)")
+    ap.add_argument("--no-dag", action="store_true", help="skip the dag.test() run of scenario 1")
+    ap.add_argument("--no-peer", action="store_true", help="skip the `rets` peer comparison")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    a = ap.parse_args(argv)
+    picked = []
+    for s in a.scenarios or ["1", "2", "3", "4", "5", "6"]:
+        s = NAMES.get(s, s)
+        if s not in NAMES.values():
+            ap.error(f"unknown scenario {s!r}; {HELP}")
+        picked.append(s)
+    a.selected = sorted(set(picked))
+    return a
+
+
+def _quiet() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("mls_sync", "airflow", "urllib3", "botocore", "werkzeug", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # "pool is full" from upload threads
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    from bench import report, runner
+    from bench import scenarios as sc
+    from bench.monitor import RssMonitor
+    from bench.stack import mock_mls, throwaway_database, truncate
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    doc: dict[str, Any] = {"started": stamp, "command": "python -m bench " + " ".join(sys.argv[1:]),
+                           "machine": report.machine(), "media_available": runner.media_available(),
+                           "scenarios": []}
+    monitor = RssMonitor().start()
+    providers = tuple(p.strip() for p in a.providers.split(",") if p.strip())
+    sel = set(a.selected)
+    started = time.monotonic()
+    try:
+        with ExitStack() as stack:
+            db_url = stack.enter_context(throwaway_database())
+            os.environ["MLS_DATABASE_URL"] = db_url
+            b = sc.Bench(db_url=db_url, monitor=monitor, results_dir=a.results_dir, stamp=stamp, providers=providers,
+                         profile=a.profile, dag=not a.no_dag, peer=not a.no_peer)
+            stack.enter_context(b.stack)
+            out = b.results
+            if sel & {"1", "2", "3"}:
+                n = a.listings or 10_000
+                print(f"== scenarios {sorted(sel & {'1', '2', '3'})}: mock MLS with {n:,} listings", flush=True)
+                with mock_mls(n) as mock:
+                    monitor.watch(mock.pid, "mock")
+                    for provider in providers:
+                        if "1" in sel:
+                            print(f"-- 1 full sync {provider}", flush=True)
+                            got = sc.full_sync(b, mock, "1", provider, n, with_dag=True, tag=f"s1-{provider}",
+                                               label=f"full sync {n:,}, records only")
+                            out += got
+                            if provider == "demo_rets" and b.peer and got[0].get("_recorded"):
+                                print("-- 1 peer: ours vs rets", flush=True)
+                                out.append(sc.peer_compare(b, "1", n, got[0]["_recorded"]))
+                        if sel & {"2", "3"}:
+                            if "1" not in sel:  # a full sync to change from (not reported)
+                                truncate(db_url)
+                                runner.engine_run(provider, db_url, {"include_photos": False, "mode": "full"},
+                                                  adapt=b.adapt(provider))
+                            if "2" in sel:
+                                print(f"-- 2 incremental {provider}", flush=True)
+                                out.append(sc.incremental(b, mock, provider, n))
+                            else:  # the first incremental after a full sync also takes in the overlap
+                                runner.engine_run(provider, db_url, {"include_photos": False}, adapt=b.adapt(provider))
+                            if "3" in sel:
+                                print(f"-- 3 no changes {provider}", flush=True)
+                                out.append(sc.no_change(b, mock, provider, n))
+            if "4" in sel:
+                print(f"== scenario 4: media stage, {a.photos:,} photos", flush=True)
+                out.append(sc.media_stage(b, a.photos))
+            if sel & {"5", "6"}:
+                n = a.listings or 100_000
+                print(f"== scenarios {sorted(sel & {'5', '6'})}: mock MLS with {n:,} listings", flush=True)
+                with mock_mls(n) as mock:
+                    monitor.watch(mock.pid, "mock")
+                    expected = None
+                    if "5" in sel:
+                        print("-- 5 full sync demo_rets", flush=True)
+                        got = sc.full_sync(b, mock, "5", "demo_rets", n, with_dag=False, tag="s5",
+                                           label=f"full sync {n:,}, records only", wall_goal=600)
+                        out += got
+                        expected = got[0].get("records")
+                        if b.peer and got[0].get("_recorded"):
+                            print("-- 5 peer: ours vs rets", flush=True)
+                            out.append(sc.peer_compare(b, "5", n, got[0]["_recorded"]))
+                    if "6" in sel:
+                        print("-- 6 window fallback demo_rets", flush=True)
+                        out.append(sc.window_fallback(b, mock, n, expected))
+            doc["scenarios"] = out
+    finally:
+        monitor.stop()
+    doc["total_seconds"] = round(time.monotonic() - started, 1)
+    doc["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = report.write(a.results_dir, stamp, doc)
+    print()
+    print(report.table(doc["scenarios"]))
+    print(f"\nresults: {path} (and {a.results_dir / 'latest.json'}); total {doc['total_seconds']} s")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse(argv)
+    set_airflow_env()
+    _quiet()
+    run(a)
+    return 0

@@ -1,0 +1,133 @@
+"""Peer comparison: our RETS search walk vs the PyPI `rets` package, each in its own process.
+
+`python -m bench.peer ours|rets --provider demo_rets --query DMQL --format F` walks the search and
+prints one JSON line: seconds (search walk only; login and metadata warm-up excluded), unique keys,
+rows received, requests, peak RSS (ru_maxrss) and RSS after login, plus RSS samples along the walk.
+Neither keeps the records: both count keys, as a streaming consumer would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psutil
+
+MB = 1024 * 1024
+
+
+def _rss() -> float:
+    return psutil.Process().memory_info().rss / MB
+
+
+def _peak() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+def walk_ours(provider_id: str) -> dict[str, Any]:
+    from mls_sync import sync
+    from mls_sync.config import find_provider
+    from mls_sync.connections import from_env
+    from mls_sync.sources import open_source
+
+    cfg = find_provider(provider_id)
+    criteria = sync.criteria_for(cfg, {"mode": "full"})
+    source = open_source(cfg, from_env(cfg.connection_id))
+    source.session.login()
+    source.zone()
+    source.lookups()  # the metadata a walk needs once per session: not fetch-and-parse
+    base = _rss()
+    before = sum(source.session.stats["requests"].values())
+    keys: set[str] = set()
+    rows = 0
+    samples: list[float] = []
+    started = time.monotonic()
+    for page in source.pages(criteria):
+        for rec in page.records:
+            keys.add(rec[cfg.roles().key])
+        rows += len(page.records)
+        samples.append(round(_rss(), 1))
+    seconds = time.monotonic() - started
+    requests_made = sum(source.session.stats["requests"].values()) - before
+    source.close()
+    return {"seconds": seconds, "unique_keys": len(keys), "rows": rows, "requests": requests_made,
+            "rss_after_login_mb": round(base, 1), "samples_mb": samples[:: max(1, len(samples) // 40)]}
+
+
+def walk_rets(provider_id: str, query: str, fmt: str) -> dict[str, Any]:
+    import rets
+    from mls_sync.config import find_provider
+    from mls_sync.connections import from_env
+
+    cfg = find_provider(provider_id)
+    conn = from_env(cfg.connection_id)
+    extra = conn.extra or {}
+    session = rets.Session(conn.url(), conn.login, conn.password, version=extra.get("rets_version", "RETS/1.7.2"),
+                           http_auth="digest", user_agent=extra.get("user_agent", "Python RETS"),
+                           user_agent_password=extra.get("ua_password"), use_post_method=False, timeout=300)
+    session.login()
+    base = _rss()
+    key = cfg.roles().key
+    keys: set[str] = set()
+    rows = 0
+    samples: list[float] = []
+    started = time.monotonic()
+    for rec in session.search(resource=cfg.rets.resource, resource_class=cfg.rets.class_, dmql_query=query,
+                              response_format=fmt):
+        keys.add(rec[key])
+        rows += 1
+        if rows % 2500 == 0:
+            samples.append(round(_rss(), 1))
+    seconds = time.monotonic() - started
+    with contextlib.suppress(Exception):  # the peer's logout is not what we measure
+        session.logout()
+    return {"seconds": seconds, "unique_keys": len(keys), "rows": rows, "requests": None,
+            "rss_after_login_mb": round(base, 1), "samples_mb": samples[:: max(1, len(samples) // 40)]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.peer")
+    ap.add_argument("client", choices=("ours", "rets"))
+    ap.add_argument("--provider", default="demo_rets")
+    ap.add_argument("--query", default="")
+    ap.add_argument("--format", default="COMPACT-DECODED")
+    a = ap.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    out = walk_ours(a.provider) if a.client == "ours" else walk_rets(a.provider, a.query, a.format)
+    out["peak_rss_mb"] = round(_peak(), 1)
+    out["growth_mb"] = round(out["peak_rss_mb"] - out["rss_after_login_mb"], 1)
+    print("PEER_RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+def run_peer(client: str, provider_id: str, query: str = "", fmt: str = "COMPACT-DECODED",
+             timeout: float = 1800, monitor: Any = None) -> dict[str, Any]:
+    """Run one walk in a child process (so its RSS is its own) and return its JSON result."""
+    cmd = [sys.executable, "-m", "bench.peer", client, "--provider", provider_id, "--query", query,
+           "--format", fmt]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
+    if monitor is not None:
+        monitor.watch(proc.pid, f"peer:{client}")
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"peer {client} timed out after {timeout}s") from None
+    for line in out.splitlines():
+        if line.startswith("PEER_RESULT "):
+            return json.loads(line.split(" ", 1)[1])
+    raise RuntimeError(f"peer {client} failed (exit {proc.returncode}): {err.strip()[-800:]}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

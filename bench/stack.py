@@ -1,0 +1,143 @@
+"""The services a bench run needs, started like the tests start them and always stopped.
+
+PostgreSQL: a throwaway database on the machine's server (127.0.0.1:5432, or MLS_BENCH_PG_URL),
+dropped at the end; an embedded pgserver when none answers. S3: a moto server on 127.0.0.1.
+The mock MLS runs as its own process (devstack.mock_mls_process) so its CPU and GIL are not ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from devstack import airflow_env, control, mls_connections, mock_mls_process, pg_reachable
+
+ADMIN_URL = os.environ.get("MLS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATA_TABLES = ("properties", "property_media", "property_status_history", "property_conflicts")
+ALL_TABLES = (*DATA_TABLES, "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records")
+
+
+def with_db(url: str, name: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@contextmanager
+def throwaway_database() -> Iterator[str]:
+    """A fresh, migrated database URL; dropped (WITH FORCE) on exit."""
+    import psycopg2
+
+    with ExitStack() as stack:
+        admin_url = ADMIN_URL
+        if not pg_reachable(admin_url):
+            import pgserver
+
+            tmp = tempfile.mkdtemp(prefix="mls_bench_pg_")
+            stack.callback(shutil.rmtree, tmp, True)
+            server = pgserver.get_server(tmp, cleanup_mode="stop")
+            stack.callback(server.cleanup)
+            admin_url = server.get_uri()
+        name = f"mls_bench_{uuid.uuid4().hex[:10]}"
+        admin = psycopg2.connect(admin_url)
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute(f'CREATE DATABASE "{name}"')
+
+        def drop() -> None:
+            from mls_sync.store import db as dbmod
+
+            for eng in _seen_engines:
+                eng.dispose()
+            _seen_engines.clear()
+            dbmod._engine_for.cache_clear()
+            with admin.cursor() as cur:
+                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.close()
+
+        stack.callback(drop)
+        url = with_db(admin_url, name)
+        from mls_sync.store.db import get_engine, migrate
+
+        migrate(get_engine(url))
+        yield url
+
+
+_seen_engines: list[Any] = []
+
+
+def engine(url: str) -> Any:
+    """The engine the engine code itself uses for this URL (shared pool), remembered for disposal."""
+    from mls_sync.store.db import get_engine
+
+    eng = get_engine(url)
+    if eng not in _seen_engines:
+        _seen_engines.append(eng)
+    return eng
+
+
+def truncate(url: str) -> None:
+    """Empty every store table (a fresh full sync starts from nothing)."""
+    with engine(url).begin() as c:
+        c.execute(sa.text(f"TRUNCATE {', '.join(ALL_TABLES)} RESTART IDENTITY CASCADE"))
+
+
+@contextmanager
+def s3_endpoint() -> Iterator[dict[str, Any]]:
+    """A moto S3 server and a bucket; yields the MLS_MEDIA_STORAGE settings pointing at it."""
+    from tests.integration.s3_server import CREDENTIALS, REGION, make_bucket, moto_s3, s3_client
+
+    with moto_s3() as endpoint_url:
+        bucket = make_bucket(s3_client(endpoint_url))
+        conn = {"conn_type": "aws", "login": CREDENTIALS["aws_access_key_id"],
+                "password": CREDENTIALS["aws_secret_access_key"], "extra": {"region_name": REGION}}
+        os.environ["AIRFLOW_CONN_MLS_BENCH_AWS"] = json.dumps(conn)
+        yield {"backend": "s3", "bucket": bucket, "endpoint_url": endpoint_url, "region_name": REGION,
+               "aws_conn_id": "mls_bench_aws", "prefix": "bench"}
+
+
+@dataclass
+class Mock:
+    """A running mock MLS process."""
+
+    url: str
+    credentials: dict[str, str]
+    pid: int
+    listings: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def control(self, action: str, **body: Any) -> Any:
+        return control(self.url, action, **body)
+
+    def counters(self) -> dict[str, Any]:
+        return self.control("counters")
+
+
+@contextmanager
+def mock_mls(listings: int, *, photos_per_listing: int = 2, seed: int = 1, **settings: Any) -> Iterator[Mock]:
+    """A mock MLS child process with the demo connections pointed at it (AIRFLOW_CONN_MLS_DEMO_*)."""
+    args = ["--listings", str(listings), "--seed", str(seed), "--photos-per-listing", str(photos_per_listing)]
+    with tempfile.TemporaryDirectory(prefix="mls_bench_mock_") as tmp, \
+            mock_mls_process(*args, data_dir=Path(tmp), timeout=300) as proc:
+        os.environ.update(mls_connections(proc["url"], proc["credentials"]))
+        mock = Mock(proc["url"], proc["credentials"], proc["pid"], listings)
+        if settings:
+            mock.control("configure", **settings)
+        yield mock
+
+
+def set_airflow_env() -> None:
+    """Airflow reads its settings at import: set them (as make does) before anything imports it."""
+    for k, v in airflow_env().items():
+        os.environ.setdefault(k, v)
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")

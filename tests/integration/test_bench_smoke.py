@@ -1,0 +1,47 @@
+"""`python -m bench` end to end at a tiny size: the JSON has the documented keys and sane values.
+
+No timing assertions: the figures are the bench's business, not the test suite's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from devstack import ROOT, pg_reachable
+
+KEYS = ("scenario", "label", "provider", "path", "wall_seconds", "records_per_second", "mls_requests",
+        "bytes_transferred", "rows_written", "peak_rss_mb", "peak_rss_process", "stage_timings", "ratios",
+        "targets", "floor", "error")
+
+
+@pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),
+                    reason="needs the PostgreSQL on 127.0.0.1:5432")
+def test_bench_scenario_1_small(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    cmd = [sys.executable, "-m", "bench", "1", "--listings", "300", "--providers", "demo_reso", "--no-dag",
+           "--no-peer", "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Targets:" in proc.stdout
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    assert doc["machine"]["cpus"] >= 1
+    [res] = doc["scenarios"]
+    for key in KEYS:
+        assert key in res, key
+    assert res["error"] is None, res.get("traceback")
+    assert res["scenario"] == "1" and res["path"] == "engine"
+    assert res["wall_seconds"] > 0 and res["records_per_second"] > 0
+    assert 100 < res["records"] <= 300  # the full sync asks for active-ish statuses only
+    assert res["rows_written"] >= res["records"]
+    assert res["mls_requests"] >= 1 and res["bytes_transferred"] > 0
+    assert res["peak_rss_mb"] > 10
+    assert {"fetch", "transform_load"} <= set(res["stage_timings"])
+    assert res["floor"]["rows"] == res["counts"]["added"] and res["floor"]["seconds"] > 0
+    assert res["ratios"]["full_sync_vs_floor"] > 0
+    assert all(t["status"] in ("PASS", "MISS", "n/a") for t in res["targets"])
+    assert len(list(tmp_path.glob("*.json"))) == 2  # <timestamp>.json and latest.json
