@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import time
 import traceback
-from datetime import datetime
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
