@@ -155,7 +155,10 @@ def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, A
 
 
 def _source_time_zone(source: Source) -> str | None:
+    """The zone of the server's naive timestamps (RETS: SYSTEM TimeZoneOffset), as text."""
     tz = getattr(source, "time_zone", None)
+    if tz is None and callable(getattr(source, "zone", None)):
+        tz = source.zone()
     if tz is None:
         return None
     if isinstance(tz, str):
@@ -166,6 +169,12 @@ def _source_time_zone(source: Source) -> str | None:
     minutes = int(off.total_seconds() // 60)
     sign = "-" if minutes < 0 else "+"
     return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+def request_count(source: Source) -> int:
+    """Requests a source made: a number (RESO) or a count per RETS transaction."""
+    value = (getattr(source, "stats", None) or {}).get("requests", 0)
+    return int(sum(value.values()) if isinstance(value, dict) else value or 0)
 
 
 def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
@@ -194,18 +203,18 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
                     _land_page(ctx, plan, page.records, None, page.number, totals)
             extra["retried_keys"] = len(retry_keys)
         tz = _source_time_zone(source)
-        stats = dict(getattr(source, "stats", {}) or {})
+        requests = request_count(source)
         with ctx.db.begin() as c:
             h = ctx.t.mls_sync_history
             state = {"source_time_zone": tz} if tz else {}
             c.execute(h.update().where(h.c.id == sid).values(
-                fetch_cursor={"done": True}, requests=int(stats.get("requests", 0) or 0),
+                fetch_cursor={"done": True}, requests=requests,
                 stage_state=h.c.stage_state.op("||")(sa.cast(state, h.c.stage_state.type))))
         extra["fetch_resumed"] = resumed
     log.info("fetch: sync %s landed %d records in %d pages (%d without a key)", sid, totals["records"],
              totals["pages"], totals["keyless"])
     return {"pages": totals["pages"], "records": totals["records"], "resumed": resumed,
-            "requests": int(stats.get("requests", 0) or 0)}
+            "requests": requests}
 
 
 # ---------------------------------------------------------------- transform_load

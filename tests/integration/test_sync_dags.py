@@ -250,3 +250,21 @@ def test_engine_rejects_bad_records_into_errors(mls, db) -> None:
     assert err["payload"]["ModificationTimestamp"] == "soon" and err["next_retry_at"] is not None
     result = sync.finalize(ctx, plan, [])
     assert result["failed"] == 1 and result["state"] == "success"
+
+
+def test_rets_provider_stores_the_same_listings_as_the_mls_serves(mls, db) -> None:
+    """RETS system names, lookups, local-time timestamps: normalized to the same values RESO gives."""
+    dr = run_dag("mls_sync__demo_rets", NO_PHOTOS)
+    assert str(dr.state) == "success", task_states(dr)
+    expected = _expected_active(mls)
+    run = last_run(db, "demo_rets")
+    assert run["mode"] == "full" and run["added"] == len(expected) and run["failed"] == 0
+    _assert_matches_mls(db, mls, list(expected))
+    changed = mls.mutate(price=3, status=2)
+    run_dag("mls_sync__demo_rets", NO_PHOTOS)
+    run = last_run(db, "demo_rets")
+    assert run["mode"] == "incremental" and run["requests"] > 0
+    _assert_matches_mls(db, mls, set(changed["price"]) | set(changed["status"]))
+    run_dag("mls_sync__demo_rets", NO_PHOTOS)
+    run = last_run(db, "demo_rets")
+    assert run["added"] == 0 and run["updated"] == 0
