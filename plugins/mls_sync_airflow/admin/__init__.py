@@ -1,0 +1,1 @@
+"""The MLS Sync admin dashboard: an Airflow plugin (FastAPI app + "MLS Sync" nav entry)."""
