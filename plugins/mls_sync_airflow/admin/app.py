@@ -489,16 +489,24 @@ def cancel_sync(provider_id: str, user: User) -> JSONResponse:
                     "history_closed": closed})
 
 
+def editable_providers(user: Any) -> dict[str, Provider]:
+    """Providers this user may edit; a read-only user is refused before anything is looked up."""
+    providers = {p.provider_id: p for p in visible_providers(user) if allowed(user, p.dag_id, "edit")}
+    if not providers:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "Your Airflow role may not change MLS sync data")
+    return providers
+
+
 def _error_action(user: Any, ids: list[int], action: Literal["retry", "dismiss"]) -> JSONResponse:
-    providers = {p.provider_id: p for p in visible_providers(user)}
+    providers = editable_providers(user)
     engine, t = _db()
     with engine.begin() as conn:
         owners = reports.error_providers(conn, t, ids)
         missing = sorted(set(ids) - set(owners))
-        if missing or any(pid not in providers for pid in owners.values()):
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No errors {missing or sorted(owners)} visible to you")
-        for pid in set(owners.values()):
-            require(user, providers[pid].dag_id, "edit")
+        if missing:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No errors {missing}")
+        if any(pid not in providers for pid in owners.values()):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "Some of these errors belong to a provider you may not edit")
         who = user_name(user)
         done = err_store.retry_now(conn, t, ids) if action == "retry" else err_store.dismiss(conn, t, ids, who)
     for pid in set(owners.values()):
@@ -524,15 +532,14 @@ def dismiss_errors(user: User, body: Annotated[IdsBody, Body()]) -> JSONResponse
 @actions.post("/conflicts/{conflict_id}/resolve")
 def resolve_conflict(conflict_id: int, user: User, body: Annotated[ResolveBody, Body()]) -> JSONResponse:
     """Apply keep-local / take-MLS / per-field to the listing and record who decided, and when."""
-    providers = {p.provider_id: p for p in visible_providers(user)}
+    providers = editable_providers(user)
     engine, t = _db()
     who = user_name(user)
     with engine.begin() as conn:
         found = reports.conflict_detail(conn, t, conflict_id, list(providers))
         if found is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No conflict {conflict_id} visible to you")
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"No conflict {conflict_id} you may resolve")
         provider = providers[found["provider_id"]]
-        require(user, provider.dag_id, "edit")
         try:
             row = conflict_store.resolve(conn, t, conflict_id, body.decision, who, body.fields)
         except conflict_store.ConflictDecisionError as exc:
