@@ -231,6 +231,7 @@ def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], u
         config_error=p.config_error, state=state, display_state="queued" if queued else state,
         never_run=status_row is None, paused=dag.get("is_paused"), known_to_airflow=dag.get("known"),
         progress=s.get("progress") or {}, last_run=last, next_run_after=dag.get("next_run_after"),
+        next_run_due=bool(dag.get("next_run_after") and dag["next_run_after"] <= datetime.now(UTC)),
         active_run=active, dag_url=dag_url(p.dag_id), last_run_url=run_url(p.dag_id, last_run_id),
         can_trigger=allowed(user, p.dag_id, "trigger"), can_cancel=allowed(user, p.dag_id, "cancel"),
     )
