@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
@@ -174,7 +174,3 @@ def audit(event: str, dag_id: str, user: str, extra: dict[str, Any]) -> None:
 
 def retry_after_header(seconds: int | None) -> dict[str, str]:
     return {"Retry-After": str(max(1, int(seconds)))} if seconds else {}
-
-
-def age(dt: datetime | None) -> timedelta | None:
-    return None if dt is None else _utcnow() - dt
