@@ -90,13 +90,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         if sel & {"2", "3"}:
                             if "1" not in sel:  # a full sync to change from (not reported)
                                 truncate(db_url)
-                                runner.engine_run(provider, db_url, {"include_photos": False, "mode": "full"},
-                                                  adapt=b.adapt(provider))
+                                runner.engine_run(provider, db_url, {"include_photos": False, "mode": "full"})
                             if "2" in sel:
                                 print(f"-- 2 incremental {provider}", flush=True)
                                 out.append(sc.incremental(b, mock, provider, n))
                             else:  # the first incremental after a full sync also takes in the overlap
-                                runner.engine_run(provider, db_url, {"include_photos": False}, adapt=b.adapt(provider))
+                                runner.engine_run(provider, db_url, {"include_photos": False})
                             if "3" in sel:
                                 print(f"-- 3 no changes {provider}", flush=True)
                                 out.append(sc.no_change(b, mock, provider, n))

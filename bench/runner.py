@@ -42,57 +42,15 @@ def record_requests(paths: tuple[str, ...] = SEARCH_PATHS) -> Iterator[list[dict
         yield seen
 
 
-class _RequestCountAdapter:
-    """Wraps a source whose `stats["requests"]` is a per-transaction dict (sync.fetch wants an int).
-
-    Only applied when needed (RetsSource at the time of writing); reported as a note.
-    """
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        s = dict(self._inner.stats)
-        if isinstance(s.get("requests"), dict):
-            s["requests"] = sum(s["requests"].values())
-        return s
-
-    def __enter__(self) -> _RequestCountAdapter:
-        self._inner.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._inner.__exit__(*exc)
-
-
-def needs_adapter(provider_id: str) -> bool:
-    """Does this provider's source report requests as a dict (the engine then crashes in fetch)?"""
-    from mls_sync.config import find_provider
-    from mls_sync.connections import from_env
-    from mls_sync.sources import open_source
-
-    cfg = find_provider(provider_id)
-    src = open_source(cfg, from_env(cfg.connection_id))
-    try:
-        return isinstance((getattr(src, "stats", None) or {}).get("requests"), dict)
-    finally:
-        src.close()
-
-
-def context(provider_id: str, db_url: str, *, adapt: bool = False) -> Any:
+def context(provider_id: str, db_url: str) -> Any:
     from mls_sync import sync
     from mls_sync.config import find_provider
     from mls_sync.connections import from_env
     from mls_sync.sources import open_source
 
     cfg = find_provider(provider_id)
-    factory = (lambda p, c: _RequestCountAdapter(open_source(p, c))) if adapt else open_source
     return sync.SyncContext(provider=cfg, db=engine(db_url), mls=from_env(cfg.connection_id),
-                            source_factory=factory)
+                            source_factory=open_source)
 
 
 def tuples_written(db_url: str) -> int:
@@ -154,11 +112,11 @@ def profiled(path: Path | None) -> Iterator[None]:
 
 
 def engine_run(provider_id: str, db_url: str, conf: dict[str, Any], *, record: bool = False,
-               store: Any = None, profile: Path | None = None, adapt: bool = False) -> dict[str, Any]:
+               store: Any = None, profile: Path | None = None) -> dict[str, Any]:
     """One sync through sync.plan/fetch/transform_load/reconcile/(media)/finalize, timed per call."""
     from mls_sync import sync
 
-    ctx = context(provider_id, db_url, adapt=adapt)
+    ctx = context(provider_id, db_url)
     walls: dict[str, float] = {}
     recorded: list[dict[str, Any]] = []
     media_out: list[dict[str, Any]] = []

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -93,17 +96,44 @@ def truncate(url: str) -> None:
 
 
 @contextmanager
-def s3_endpoint() -> Iterator[dict[str, Any]]:
-    """A moto S3 server and a bucket; yields the MLS_MEDIA_STORAGE settings pointing at it."""
-    from tests.integration.s3_server import CREDENTIALS, REGION, make_bucket, moto_s3, s3_client
+def s3_endpoint(monitor: Any = None) -> Iterator[dict[str, Any]]:
+    """moto's S3 server in its own process (uploads held in its memory are not ours) and a bucket;
+    yields the MLS_MEDIA_STORAGE settings pointing at it."""
+    import requests
 
-    with moto_s3() as endpoint_url:
+    from devstack import free_port
+    from tests.integration.s3_server import CREDENTIALS, REGION, make_bucket, s3_client
+
+    port = free_port()
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        endpoint_url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                requests.get(endpoint_url, timeout=2)
+                break
+            except requests.ConnectionError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto S3 server did not start") from None
+                time.sleep(0.2)
+        if monitor is not None:
+            monitor.watch(proc.pid, "s3")
         bucket = make_bucket(s3_client(endpoint_url))
         conn = {"conn_type": "aws", "login": CREDENTIALS["aws_access_key_id"],
                 "password": CREDENTIALS["aws_secret_access_key"], "extra": {"region_name": REGION}}
         os.environ["AIRFLOW_CONN_MLS_BENCH_AWS"] = json.dumps(conn)
         yield {"backend": "s3", "bucket": bucket, "endpoint_url": endpoint_url, "region_name": REGION,
                "aws_conn_id": "mls_bench_aws", "prefix": "bench"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @dataclass
