@@ -1,0 +1,60 @@
+"""Daily photo housekeeping per provider: delete removed photos after their grace period, then
+find (and, when the run says so, delete) objects no row points at.
+
+Orphan deletion is a dry run unless triggered with `dry_run=false`: the first look at what
+would go is a report, not a loss. Parsing reads the provider YAMLs only; a YAML that fails
+validation is left out here (its own sync DAG reports it in list-import-errors).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Param, dag, task
+from mls_sync.config import ConfigError, ProviderConfig, load_provider, provider_paths
+
+START = datetime(2024, 1, 1)
+
+
+def _providers() -> list[ProviderConfig]:
+    out = []
+    for path in provider_paths():
+        try:
+            cfg = load_provider(path)
+        except ConfigError:
+            continue
+        if cfg.media.enabled:
+            out.append(cfg)
+    return out
+
+
+@dag(
+    dag_id="mls_media_maintenance", schedule="@daily", start_date=START, catchup=False, max_active_runs=1,
+    tags=["mls", "mls-media", "maintenance"],
+    default_args={"owner": "mls-sync", "retries": 2, "retry_delay": timedelta(minutes=5),
+                  "retry_exponential_backoff": True, "max_retry_delay": timedelta(hours=1)},
+    params={"dry_run": Param(True, type="boolean",
+                             description="Only list orphaned objects; trigger with false to delete them.")},
+    doc_md=__doc__,
+)
+def mls_media_maintenance() -> None:
+    for cfg in _providers():
+        pid = cfg.provider_id
+
+        @task(task_id=f"cleanup_removed__{pid}")
+        def cleanup_removed(provider_id: str = pid) -> dict[str, int]:
+            from mls_sync_airflow import media_tasks
+
+            return media_tasks.cleanup_removed(provider_id)
+
+        @task(task_id=f"orphans__{pid}")
+        def orphans(provider_id: str = pid, **context: Any) -> dict[str, Any]:
+            from mls_sync_airflow import media_tasks
+
+            return media_tasks.orphans(provider_id, dry_run=context["params"]["dry_run"])
+
+        cleanup_removed() >> orphans()
+
+
+mls_media_maintenance()
