@@ -23,7 +23,6 @@ from mls_sync.config import Limits, ProviderConfig, find_provider
 from mls_sync.imaging import PhotoProcessor
 from mls_sync.media_select import media_sync
 from mls_sync.objectstore import DEFAULT_CACHE_CONTROL, S3Store
-from mls_sync.sources import open_source
 from PIL import Image
 
 from tests.integration.s3_server import make_bucket, moto_s3, s3_client
@@ -82,34 +81,6 @@ def provider_config(name: str, **media_settings: Any) -> ProviderConfig:
     return cfg.model_copy(update={"media": cfg.media.model_copy(update=settings), "limits": Limits()})
 
 
-class _IntRequests:
-    """Shim while `sync.fetch` reads stats["requests"] as an int and RetsSource reports a dict per
-    transaction (reported to the sync owner); a no-op once they agree."""
-
-    def __init__(self, source: Any) -> None:
-        self._source = source
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._source, name)
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        stats = dict(self._source.stats)
-        if isinstance(stats.get("requests"), dict):
-            stats["requests"] = sum(stats["requests"].values())
-        return stats
-
-    def __enter__(self) -> _IntRequests:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._source.close()
-
-
-def open_source_for_test(provider: ProviderConfig, conn: Any) -> Any:
-    return _IntRequests(open_source(provider, conn))
-
-
 class Harness:
     """The real sync stages against one mock MLS, the way the DAG chains them."""
 
@@ -119,8 +90,7 @@ class Harness:
 
         os.environ.update(mls_connections(mls.url, mls.credentials))
         cfg = provider_config(name, **media_settings)
-        self.ctx = sync.SyncContext(provider=cfg, db=db, mls=connections.from_env(cfg.connection_id),
-                                    source_factory=open_source_for_test)
+        self.ctx = sync.SyncContext(provider=cfg, db=db, mls=connections.from_env(cfg.connection_id))
         self.mls, self.store, self.processor = mls, store, processor
 
     def run(self, **conf: Any) -> dict[str, Any]:
