@@ -37,6 +37,7 @@ $(STAMP): requirements.txt pyproject.toml
 airflow-db: venv
 	@mkdir -p $(AIRFLOW_HOME)
 	@$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+	@$(PY) -m mls_sync_airflow.setup >> $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 
 lint: venv
 	$(VENV)/bin/ruff check .

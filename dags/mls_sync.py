@@ -16,6 +16,7 @@ from airflow.sdk import (
     Asset,
     Param,
     dag,
+    get_current_context,
     get_parsing_context,
     task,
 )
@@ -86,8 +87,8 @@ def build_sync_dag(cfg: ProviderConfig) -> DAG:
             return run.media_batches(pid, plan)
 
         @task(map_index_template="{{ media_batch_label }}", retries=cfg.retry.task_retries)
-        def media(plan: dict[str, Any], batch: dict[str, Any], **context: Any) -> dict[str, Any]:
-            context["media_batch_label"] = batch.get("label", "")
+        def media(plan: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+            get_current_context()["media_batch_label"] = batch.get("label", "")
             return run.media_batch(pid, plan, batch)
 
         @task(trigger_rule="all_done", retries=cfg.retry.task_retries)

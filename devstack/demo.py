@@ -23,7 +23,7 @@ DEMO_PROVIDERS = ("demo_rets", "demo_reso")
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    p.add_argument("--listings", type=int, default=int(os.environ.get("DEMO_LISTINGS", 1000)))
+    p.add_argument("--listings", type=int, default=int(os.environ.get("DEMO_LISTINGS", 300)))
     p.add_argument("--photos-per-listing", type=int, default=int(os.environ.get("DEMO_PHOTOS", 2)))
     p.add_argument("--changes", type=int, default=10, help="changes of each kind the mock makes before a re-run")
     p.add_argument("--providers", nargs="+", default=list(DEMO_PROVIDERS), choices=DEMO_PROVIDERS)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         rerun = any(_history(p) for p in args.providers)
         mock = stack.enter_context(mock_mls_process(
             "--listings", str(args.listings), "--photos-per-listing", str(args.photos_per_listing),
-            "--seed", "1", data_dir=ROOT / ".data" / "mock"))
+            "--seed", "1", "--mlg-can-view", data_dir=ROOT / ".data" / "mock"))
         os.environ.update(mls_connections(mock["url"], mock["credentials"]))
         print(f"mock MLS: {mock['url']} ({args.listings} listings, {args.photos_per_listing} photos each)")
         print(f"properties store: {where}; photos: {os.environ['MLS_MEDIA_STORAGE']}")

@@ -24,7 +24,7 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 ADMIN_URL = os.environ.get("MLS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 TABLES = ("properties", "property_media", "property_status_history", "property_conflicts", "mls_sync_status",
-          "mls_sync_history", "mls_sync_errors", "mls_raw_records")
+          "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync")
 
 
 @pytest.fixture(scope="session")
