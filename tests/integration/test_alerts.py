@@ -1,0 +1,130 @@
+"""Alerts reach a real SMTP server and a Slack-style webhook, naming provider, run, task, category, link."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from email import message_from_bytes
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from devstack import ROOT
+from tests.integration.dagrun import last_run, point_at, run_dag, task_states
+
+pytestmark = [pytest.mark.integration, pytest.mark.airflow]
+
+
+def _text(message) -> str:
+    return "".join(part.get_payload(decode=True).decode() for part in message.walk()
+                   if not part.is_multipart() and part.get_payload(decode=True))
+
+
+@pytest.fixture
+def smtp_inbox():
+    from aiosmtpd.controller import Controller
+
+    class Inbox:
+        def __init__(self) -> None:
+            self.messages: list = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(message_from_bytes(envelope.content))
+            return "250 OK"
+
+    from devstack import free_port
+
+    inbox = Inbox()
+    port = free_port()
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    yield inbox, port
+    controller.stop()
+
+
+@pytest.fixture
+def webhook():
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            received.append(json.loads(body))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield received, f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/XXX"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def alerting_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp_inbox, webhook):
+    _, smtp_port = smtp_inbox
+    _, hook_url = webhook
+    for p in (ROOT / "include" / "mappings").glob("*.yaml"):
+        data = yaml.safe_load(p.read_text())
+        data["alerts"] = {"email": ["oncall@example.com"], "smtp_connection_id": "smtp_test",
+                          "slack_connection_id": "slack_test", "stale_after_hours": 1}
+        data["retry"] = {"task_retries": 2, "retry_delay_seconds": 1, "max_retry_delay_seconds": 2}
+        data["limits"] = {**data.get("limits", {}), "request_attempts": 1}
+        (tmp_path / p.name).write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLS_MAPPINGS_DIR", str(tmp_path))
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", json.dumps({
+        "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
+        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "mls-sync@example.com"}}))
+    monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", json.dumps({"conn_type": "slackwebhook", "password": hook_url}))
+    yield
+    shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_failed_sync_alerts_email_and_slack(mock_mls_factory, db, db_url, tmp_path, smtp_inbox, webhook,
+                                            alerting_providers, monkeypatch) -> None:
+    inbox, _ = smtp_inbox
+    received, _ = webhook
+    mls = mock_mls_factory(listings=50, seed=2, photos_per_listing=1)
+    point_at(mls, db_url, str(tmp_path / "media"))
+    bad = json.loads(__import__("os").environ["AIRFLOW_CONN_MLS_DEMO_RESO"])
+    bad["password"] = "wrong-secret-value"
+    monkeypatch.setenv("AIRFLOW_CONN_MLS_DEMO_RESO", json.dumps(bad))
+
+    dr = run_dag("mls_sync__demo_reso", {"include_photos": False})
+    assert task_states(dr)["fetch"] == "failed"
+    run = last_run(db, "demo_reso")
+    assert run["state"] == "failed"
+
+    fetch_mails = [m for m in inbox.messages if "Task: fetch" in _text(m)]
+    assert fetch_mails, [m["Subject"] for m in inbox.messages]
+    body = _text(fetch_mails[0])
+    assert "demo_reso" in fetch_mails[0]["Subject"] and fetch_mails[0]["To"] == "oncall@example.com"
+    for needle in ("Task: fetch", "Error category: auth", dr.run_id.split("+")[0], "/dags/mls_sync__demo_reso/runs/"):
+        assert needle in body, needle
+    assert "wrong-secret-value" not in body
+    slack = [r["text"] for r in received if "Task: fetch" in r.get("text", "")]
+    assert slack and "Error category: auth" in slack[0] and "wrong-secret-value" not in slack[0]
+
+
+def test_stale_provider_alerts_once(mock_mls_factory, db, db_url, tmp_path, smtp_inbox, alerting_providers) -> None:
+    import sqlalchemy as sa
+
+    inbox, _ = smtp_inbox
+    mls = mock_mls_factory(listings=50, seed=2, photos_per_listing=1)
+    point_at(mls, db_url, str(tmp_path / "media"))
+    run_dag("mls_sync__demo_reso", {"include_photos": False})
+    with db.begin() as c:
+        c.execute(sa.text("UPDATE mls_sync_status SET last_success_at = now() - interval '2 hours'"))
+    inbox.messages.clear()
+    run_dag("mls_status__demo_reso")
+    run_dag("mls_status__demo_reso")
+    stale = [m for m in inbox.messages if "no successful sync" in m["Subject"]]
+    assert len(stale) == 1, [m["Subject"] for m in inbox.messages]
