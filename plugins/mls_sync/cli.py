@@ -207,9 +207,67 @@ def add_photos(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_photos)
 
 
-# One function per subcommand: adding `sync` later is one more `add_*` in this tuple.
+def cmd_sync(args: argparse.Namespace, source: Source) -> int:
+    """One whole sync run with the engine, no Airflow: the DAG's stages in the DAG's order."""
+    from mls_sync import media, sync
+    from mls_sync.config import find_provider
+    from mls_sync.connections import from_env
+    from mls_sync.objectstore import storage_settings, store_from_settings
+    from mls_sync.run_options import RunOptionsError
+    from mls_sync.store.db import DatabaseConfigError, get_engine, migrate
+
+    if not args.provider:
+        raise UsageError("sync needs --provider NAME (a YAML in include/mappings)")
+    cfg = find_provider(args.provider)
+    try:
+        engine = get_engine()
+    except DatabaseConfigError as exc:
+        raise UsageError(str(exc)) from None
+    migrate(engine)
+    ctx = sync.SyncContext(provider=cfg, db=engine, mls=from_env(cfg.connection_id))
+    conf: dict[str, Any] = {"mode": args.mode, "dry_run": args.dry_run, "include_photos": not args.no_photos,
+                            "listing_keys": args.listing or None, "postal_codes": args.postal_code or None}
+    run_id = f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
+    try:
+        plan = sync.plan(ctx, dag_id=cfg.dag_id(), dag_run_id=run_id, conf=conf, trigger="manual")
+    except RunOptionsError as exc:
+        raise UsageError(str(exc)) from None
+    failed: list[str] = []
+    error: SourceError | None = None
+    for name, stage in (("fetch", sync.fetch), ("transform_load", sync.transform_load),
+                        ("reconcile", sync.reconcile)):
+        try:
+            stage(ctx, plan)
+        except SourceError as exc:
+            failed.append(name)
+            error = exc
+            break
+    if not failed and plan["include_photos"]:
+        store = store_from_settings(storage_settings(cfg.storage))
+        for batch in media.plan_batches(ctx, plan):
+            media.run_batch(ctx, plan, batch, store)
+    result = sync.finalize(ctx, plan, failed)
+    print(json.dumps(result, default=str))
+    if error is not None:
+        raise error
+    return EXIT_OK if result["state"] == "success" else EXIT_SERVER
+
+
+def add_sync(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sync", help="run one sync (plan, fetch, load, reconcile, photos, finalize) "
+                                    "into MLS_DATABASE_URL, without Airflow")
+    _source_args(p)
+    p.add_argument("--mode", choices=("auto", "full", "incremental"), default="auto")
+    p.add_argument("--listing", action="append", help="partial sync: listing key (repeatable)")
+    p.add_argument("--postal-code", action="append", help="partial sync: postal code (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="fetch and compare; write nothing")
+    p.add_argument("--no-photos", action="store_true", help="skip the media stage")
+    p.set_defaults(handler=cmd_sync)
+
+
+# One function per subcommand.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [add_check, add_metadata, add_search,
-                                                                   add_photos]
+                                                                   add_photos, add_sync]
 
 
 def build_parser() -> argparse.ArgumentParser:

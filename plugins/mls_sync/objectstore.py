@@ -462,3 +462,26 @@ def store_from_settings(
         f"object store setting 'backend' must be 's3' or 'local', got {backend!r}: "
         "set backend: s3 (with bucket) or backend: local (with root)"
     )
+
+
+STORAGE_ENV = "MLS_MEDIA_STORAGE"
+DEFAULT_LOCAL_ROOT = Path(__file__).resolve().parents[2] / ".data" / "media"
+
+
+def storage_settings(provider_storage: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Which store photos go to: the provider YAML's `storage`, else MLS_MEDIA_STORAGE (JSON), else
+    the local folder `.data/media` (the demo's default, so a person can open the photos)."""
+    if provider_storage:
+        return dict(provider_storage)
+    raw = os.environ.get(STORAGE_ENV)
+    if raw:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ObjectStoreConfigError(
+                f"{STORAGE_ENV} is not valid JSON ({exc.msg}); expected e.g. "
+                '{"backend": "s3", "bucket": "my-photos", "aws_conn_id": "aws_default"}') from None
+        if not isinstance(value, dict):
+            raise ObjectStoreConfigError(f"{STORAGE_ENV} must be a JSON object of store settings")
+        return value
+    return {"backend": "local", "root": str(DEFAULT_LOCAL_ROOT)}

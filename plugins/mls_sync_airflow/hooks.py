@@ -12,20 +12,17 @@ Connections:
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 from mls_sync.connections import Connection
-from mls_sync.objectstore import ObjectStore, store_from_settings
-from mls_sync.store.db import ROOT, get_engine
+from mls_sync.objectstore import ObjectStore, storage_settings, store_from_settings
+from mls_sync.store.db import get_engine
 from sqlalchemy.engine import Engine
 
 PROPERTIES_DB_CONN_ID = "mls_properties_db"
-STORAGE_ENV = "MLS_MEDIA_STORAGE"
 
 
 def _optional_connection(conn_id: str) -> Any | None:
@@ -85,19 +82,6 @@ class PropertiesStoreHook(BaseHook):
     def get_conn(self) -> Engine:
         conn = _optional_connection(self.postgres_conn_id)
         return get_engine(properties_db_url(conn) if conn is not None else None)
-
-
-def storage_settings(provider_storage: dict[str, Any]) -> dict[str, Any]:
-    if provider_storage:
-        return dict(provider_storage)
-    raw = os.environ.get(STORAGE_ENV)
-    if raw:
-        try:
-            return json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{STORAGE_ENV} is not valid JSON ({exc}); expected e.g. "
-                             '{"backend": "s3", "bucket": "my-photos", "aws_conn_id": "aws_default"}') from None
-    return {"backend": "local", "root": str(ROOT / ".data" / "media")}
 
 
 def _s3_client_via_hook(settings: dict[str, Any]) -> Any:
