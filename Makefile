@@ -13,7 +13,7 @@ export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
 export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test venv airflow-db bench lint compose-config clean
+.PHONY: demo test venv airflow-db bench lint compose-config psql clean
 
 demo: venv airflow-db
 	$(PY) -m devstack.demo $(DEMO_ARGS)
@@ -38,6 +38,9 @@ airflow-db: venv
 	@mkdir -p $(AIRFLOW_HOME)
 	@$(VENV)/bin/airflow db migrate > $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
 	@$(PY) -m mls_sync_airflow.setup >> $(AIRFLOW_HOME)/db-migrate.log 2>&1 || { cat $(AIRFLOW_HOME)/db-migrate.log; exit 1; }
+
+psql: venv
+	$(PY) -m devstack.psql
 
 lint: venv
 	$(VENV)/bin/ruff check .
