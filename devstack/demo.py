@@ -9,11 +9,13 @@ the mock MLS has made a few changes of every kind.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 import time
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from devstack import ROOT, airflow_env, control, embedded_postgres, mls_connections, mock_mls_process
@@ -27,6 +29,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--photos-per-listing", type=int, default=int(os.environ.get("DEMO_PHOTOS", 2)))
     p.add_argument("--changes", type=int, default=10, help="changes of each kind the mock makes before a re-run")
     p.add_argument("--providers", nargs="+", default=list(DEMO_PROVIDERS), choices=DEMO_PROVIDERS)
+    p.add_argument("--data-dir", type=Path, default=Path(os.environ.get("MLS_DEMO_DATA", ROOT / ".data")),
+                   help="where the embedded PostgreSQL, the mock's data and the photos live (default .data)")
     return p.parse_args(argv)
 
 
@@ -36,14 +40,14 @@ def _quiet_logs() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _database(stack: ExitStack) -> str:
+def _database(stack: ExitStack, data_dir: Path) -> str:
     from mls_sync.store.db import ENV_VAR, DatabaseConfigError, get_engine
 
     url = os.environ.get(ENV_VAR)
     if not url:
-        url = stack.enter_context(embedded_postgres(ROOT / ".data" / "pg"))
+        url = stack.enter_context(embedded_postgres(data_dir / "pg"))
         os.environ[ENV_VAR] = url
-        where = "embedded PostgreSQL in .data/pg"
+        where = f"embedded PostgreSQL in {data_dir / 'pg'}"
     else:
         where = f"{ENV_VAR}"
     try:
@@ -81,16 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_logs()
     for k, v in airflow_env().items():
         os.environ.setdefault(k, v)
-    os.environ.setdefault("MLS_MEDIA_STORAGE", f'{{"backend": "local", "root": "{ROOT / ".data" / "media"}"}}')
+    os.environ.setdefault("MLS_MEDIA_STORAGE", json.dumps({"backend": "local", "root": str(args.data_dir / "media")}))
     with ExitStack() as stack:
-        where = _database(stack)
+        where = _database(stack, args.data_dir)
         from mls_sync.store.db import get_engine, migrate
 
         migrate(get_engine())
         rerun = any(_history(p) for p in args.providers)
         mock = stack.enter_context(mock_mls_process(
             "--listings", str(args.listings), "--photos-per-listing", str(args.photos_per_listing),
-            "--seed", "1", "--mlg-can-view", data_dir=ROOT / ".data" / "mock"))
+            "--seed", "1", "--mlg-can-view", data_dir=args.data_dir / "mock"))
         os.environ.update(mls_connections(mock["url"], mock["credentials"]))
         print(f"mock MLS: {mock['url']} ({args.listings} listings, {args.photos_per_listing} photos each)")
         print(f"properties store: {where}; photos: {os.environ['MLS_MEDIA_STORAGE']}")
