@@ -21,7 +21,7 @@ import multiprocessing
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -380,7 +380,7 @@ class PhotoProcessor:
         self._options = {k: v for k, v in bound.arguments.items() if k != "data"}
         self._options.update(sizes=dict(self._options["sizes"]), formats=tuple(self._options["formats"]))
         self._start_method = start_method or ("forkserver" if sys.platform == "linux" else "spawn")
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: Executor | None = None
 
     def process(self, data: bytes) -> ProcessedPhoto | ImageError:
         """One photo in this process (no pool round trip)."""
@@ -392,6 +392,10 @@ class PhotoProcessor:
         if self.workers == 1 or len(batch) < 2:
             yield from (self.process(data) for data in batch)
             return
+        if self._pool is None and multiprocessing.current_process().daemon:
+            # A Celery prefork worker's tasks run in daemonic processes, which may not start
+            # processes of their own; threads still overlap, as Pillow drops the GIL in resize/encode.
+            self._pool = ThreadPoolExecutor(max_workers=self.workers)
         if self._pool is None:
             ctx = multiprocessing.get_context(self._start_method)
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
