@@ -13,10 +13,8 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,14 +26,14 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from devstack import ROOT, airflow_env, free_port, mls_connections
+from devstack import free_port, mls_connections
+from devstack.topology import AIRFLOW, api_server_cmd, api_server_env, run_cli, spawn, stop_group, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow]
 
 PROVIDER = "demo_reso"
 DAG_ID = f"mls_sync__{PROVIDER}"
 XSS = "<script>alert('mls')</script>"
-AIRFLOW = str(ROOT / ".venv" / "bin" / "airflow")
 
 
 # ---------------------------------------------------------------- stack helpers (shared with the browser test)
@@ -62,31 +60,14 @@ class Stack:
 
 def _server_env(home: Path, port: int, db_url: str, passwords_file: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
-    env.update(airflow_env(home))
+    env.update(api_server_env(home, port, passwords_file, users="admin:admin,viewer:viewer"))
     env.update({
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords_file),
         "AIRFLOW__CORE__PARALLELISM": "2",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(24),
-        "AIRFLOW__API__SECRET_KEY": secrets.token_hex(24),
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "MLS_DATABASE_URL": db_url,
         "MLS_SYNC_TRIGGER_MIN_INTERVAL_SECONDS": "60",
-        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
     })
     return env
-
-
-def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
-    with log.open("ab") as out:
-        done = subprocess.run(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, timeout=300)
-    if done.returncode:
-        raise RuntimeError(f"{' '.join(cmd[1:])} failed; see {log}:\n{log.read_text()[-2000:]}")
 
 
 @contextmanager
@@ -101,34 +82,15 @@ def airflow_api_server(db_url: str) -> Iterator[Stack]:
     log = home / "airflow.log"
     proc: subprocess.Popen | None = None
     try:
-        _run([AIRFLOW, "db", "migrate"], env, log)
-        _run([AIRFLOW, "dags", "reserialize"], env, log)
-        with log.open("ab") as out:
-            proc = subprocess.Popen([AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port),
-                                     "--workers", "1"], env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
+        run_cli([AIRFLOW, "db", "migrate"], env, log)
+        run_cli([AIRFLOW, "dags", "reserialize"], env, log)
+        proc = spawn(api_server_cmd(port), env, log)  # own session: the server and its uvicorn worker
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"airflow api-server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"airflow api-server did not answer in time:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_http(f"{base}/api/v2/monitor/health", proc, log)
         yield Stack(base_url=base, passwords=passwords, home=home, pid=proc.pid)
     finally:
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # our own session: the server and its uvicorn worker
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
+        if proc is not None:
+            stop_group(proc)
         shutil.rmtree(home, ignore_errors=True)
 
 
