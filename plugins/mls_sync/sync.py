@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from mls_sync.columns import STANDARD_STATUSES
 from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
+from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
@@ -43,7 +44,7 @@ class SyncContext:
     provider: ProviderConfig
     db: Engine
     mls: Connection
-    source_factory: Callable[[ProviderConfig, Connection], Source] = open_source
+    source_factory: Callable[[ProviderConfig, Connection, RateLimiter], Source] = open_source
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,7 +52,10 @@ class SyncContext:
         return tables(self.db)
 
     def source(self) -> Source:
-        return self.source_factory(self.provider, self.mls)
+        """A source whose client gets this task's share of the provider's request budget."""
+        limits = self.provider.limits
+        limiter = RateLimiter(limits.budget(share=1 / limits.pool_slots))
+        return self.source_factory(self.provider, self.mls, limiter)
 
 
 def _iso(dt: datetime | None) -> str | None:

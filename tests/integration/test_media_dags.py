@@ -52,16 +52,6 @@ def files(root: Path) -> set[str]:
             and not p.relative_to(root).as_posix().startswith((".meta/", ".tmp/"))}
 
 
-def _label_on_context_copy() -> bool:
-    """The sync DAG sets the map-index label on its `**context` kwargs, which Airflow 3.3 passes as
-    a copy: rendering then fails after the work is done (fix: get_current_context(); reported)."""
-    from devstack import ROOT
-
-    return 'context["media_batch_label"]' in (ROOT / "dags" / "mls_sync.py").read_text()
-
-
-@pytest.mark.xfail(_label_on_context_copy(), reason="sync DAG's media task sets its label on a context copy",
-                   strict=False)
 def test_sync_dag_maps_media_batches_and_maintenance_cleans(setup: Path, db: Any) -> None:
     media_root = setup
     dr = run_dag("mls_sync__demo_reso", {})

@@ -88,10 +88,13 @@ def test_full_then_incremental_then_no_change(mls, db) -> None:
     history = rows(db, "SELECT listing_key, new_status FROM property_status_history")
     assert {h["listing_key"] for h in history} == set(changed["status"])
 
+    assert task_states(dr)["announce"] == "success"  # changes: the properties Asset is updated
+
     before = scalar(db, "SELECT max(updated_at) FROM properties")
     dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
     run = last_run(db, "demo_reso")
     assert run["mode"] == "incremental" and run["added"] == 0 and run["updated"] == 0
+    assert task_states(dr)["announce"] == "skipped"  # nothing changed: no Asset event
     assert scalar(db, "SELECT max(updated_at) FROM properties") == before  # not one row rewritten
 
 
@@ -268,3 +271,45 @@ def test_rets_provider_stores_the_same_listings_as_the_mls_serves(mls, db) -> No
     run_dag("mls_sync__demo_rets", NO_PHOTOS)
     run = last_run(db, "demo_rets")
     assert run["added"] == 0 and run["updated"] == 0
+
+
+def _engine_ctx(db):
+    from mls_sync import sync
+    from mls_sync.config import find_provider
+    from mls_sync.connections import from_env
+
+    cfg = find_provider("demo_reso")
+    return sync.SyncContext(provider=cfg, db=db, mls=from_env(cfg.connection_id))
+
+
+def test_run_stopped_from_the_ui_is_cancelled_and_keeps_the_watermark(mls, db) -> None:
+    from mls_sync import sync
+
+    run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    mark = scalar(db, "SELECT watermark FROM mls_sync_status")
+    mls.mutate(price=5)
+    ctx = _engine_ctx(db)
+    plan = sync.plan(ctx, dag_id="mls_sync__demo_reso", dag_run_id="stopped", conf=NO_PHOTOS)
+    sync.fetch(ctx, plan)
+    sync.transform_load(ctx, plan)  # stored, but the operator stops the run before finalize
+    assert sync.mark_cancelled_if_running(ctx, "mls_sync__demo_reso", "stopped") is True
+    run = last_run(db, "demo_reso")
+    assert run["state"] == "cancelled" and run["error_summary"] == "cancelled by an operator"
+    assert scalar(db, "SELECT watermark FROM mls_sync_status") == mark
+    assert scalar(db, "SELECT state FROM mls_sync_status") == "idle"
+    assert sync.mark_cancelled_if_running(ctx, "mls_sync__demo_reso", "stopped") is False
+
+
+def test_error_rate_over_threshold_raises_an_alert(mls, db) -> None:
+    from mls_sync import sync
+
+    ctx = _engine_ctx(db)
+    plan = sync.plan(ctx, dag_id="t", dag_run_id="bad-batch", conf=NO_PHOTOS)
+    sync.fetch(ctx, plan)
+    with db.begin() as c:  # one record in ten arrives unreadable
+        c.execute(sa.text("UPDATE mls_raw_records SET payload = payload || '{\"ListingId\": \"\"}'"
+                          " WHERE ('x' || substr(md5(listing_key), 1, 8))::bit(32)::int % 10 = 0"))
+    out = sync.transform_load(ctx, plan)
+    result = sync.finalize(ctx, plan, [])
+    assert out["failed"] > 0 and result["error_rate"] > 0.05
+    assert any("error rate" in a for a in result["alerts"])
