@@ -31,6 +31,9 @@ RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 RETS_RATE_LIMIT_CODES = frozenset({20050, 20209, 20210, 20211, 20212})
 
 
+ARRIVAL_MARGIN_SECONDS = 0.1
+
+
 class BudgetExhausted(RateLimitError):
     """Our own budget says no for longer than we may wait: retrying inside the task only burns
     time (the next permit is further away than any backoff), so this is never retried here."""
@@ -75,7 +78,12 @@ class RateLimiter:
         if b.per_second:
             # Express "n per second" as a minimum spacing when n < 1, else a 1-second window
             # holding at most floor(n) requests (2.5/s must never let a third one through).
-            out.append((1.0, math.floor(b.per_second)) if b.per_second >= 1 else (1.0 / b.per_second, 1))
+            # The provider counts requests when they *arrive*; a few ms of jitter lands a request
+            # spaced exactly 1/n s apart inside its window, so the window carries a margin.
+            if b.per_second >= 1:
+                out.append((1.0 + ARRIVAL_MARGIN_SECONDS, math.floor(b.per_second)))
+            else:
+                out.append((1.0 / b.per_second + ARRIVAL_MARGIN_SECONDS, 1))
         if b.per_hour:
             out.append((3600.0, b.per_hour))
         if b.per_day:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import requests
 from mls_sync.limits import (
+    ARRIVAL_MARGIN_SECONDS,
     Budget,
     BudgetExhausted,
     RateLimiter,
@@ -38,7 +39,8 @@ def test_per_second_window() -> None:
     rl, clock = limiter(per_second=2)
     for _ in range(6):
         rl.acquire()
-    assert rl.requests == 6 and clock.now - 1000.0 == pytest.approx(2.0)
+    # 2 per (1 s + arrival margin): three windows of two requests
+    assert rl.requests == 6 and clock.now - 1000.0 == pytest.approx(2 * (1.0 + ARRIVAL_MARGIN_SECONDS))
 
 
 def test_fractional_per_second_never_exceeds_floor() -> None:
@@ -52,7 +54,7 @@ def test_slow_rate_spacing() -> None:
     rl, clock = limiter(per_second=0.5)
     rl.acquire()
     rl.acquire()
-    assert clock.slept == [pytest.approx(2.0)]
+    assert clock.slept == [pytest.approx(2.0 + ARRIVAL_MARGIN_SECONDS)]
 
 
 def test_hourly_budget_and_max_wait() -> None:
@@ -128,3 +130,18 @@ def test_call_with_retry_retries_then_raises_last() -> None:
 
     with pytest.raises(RateLimitError):
         call_with_retry(always, RetryPolicy(attempts=2, base_delay=0), what="t", sleep=clock.sleep)
+
+
+def test_per_second_window_keeps_an_arrival_margin() -> None:
+    """2/s means 2 per 1.1 s here: requests spaced exactly 1 s apart can arrive inside one window."""
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(round(s, 3))
+        now[0] += s
+
+    limiter = RateLimiter(Budget(per_second=2), clock=lambda: now[0], sleep=sleep)
+    for _ in range(5):
+        limiter.acquire()
+    assert slept == [1.0 + ARRIVAL_MARGIN_SECONDS] * 2

@@ -199,7 +199,7 @@ def test_secrets_never_in_logs_errors_or_reprs(fake: FakeReso, caplog: pytest.Lo
     walk = src.pages(SearchCriteria())
     next(walk)
     fake.expire_tokens()
-    token = "tok-1-abcdef"  # noqa: S105 - the fake issues this token
+    token = "tok-1-abcdef"
     fake.queue.append((500, {"error": {"message": f"bad token {token} / {SECRET}"}}, {}))
     fake.queue.extend([(500, {}, {})] * 4)
     with pytest.raises(ServerError) as err:
@@ -291,23 +291,6 @@ def test_photo_timeout_and_byte_budget(fake: FakeReso) -> None:
     assert photos[0].data and photos[0].error is None
     assert photos[1].data is None and "ReadTimeout" in (photos[1].error or "")
     assert src.client.limiter.bytes == len(photos[0].data)
-
-
-def test_pacer_keeps_a_margin_on_the_window() -> None:
-    from mls_sync.sources.reso.http import Pacer
-
-    now = [0.0]
-    slept: list[float] = []
-
-    def sleep(s: float) -> None:
-        slept.append(round(s, 3))
-        now[0] += s
-
-    pacer = Pacer(2, margin=0.1, clock=lambda: now[0], sleep=sleep)
-    for _ in range(5):
-        pacer.wait()
-    assert slept == [1.1, 1.1]  # 2 per 1.1 s, never 2 per exactly 1 s
-    assert Pacer(None).limit == 0 and Pacer(0.5).window == 2.1
 
 
 def test_concurrent_downloads_share_one_token_refresh(fake: FakeReso) -> None:

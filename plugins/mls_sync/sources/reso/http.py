@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,53 +26,6 @@ from mls_sync.sources.base import AuthError, QueryError, RateLimitError, ServerE
 log = logging.getLogger(__name__)
 
 QUOTA_HEADER_PREFIXES = ("x-ratelimit", "x-rate-limit", "ratelimit", "x-quota", "mlg-")
-
-
-class _BudgetExhausted(Exception):
-    """Carries the limiter's RateLimitError through call_with_retry without being retried.
-
-    limits.is_retryable treats every RateLimitError as retryable, but the limiter raises one
-    precisely when waiting longer is not allowed; retrying it would wait max_wait again per attempt.
-    """
-
-    def __init__(self, error: RateLimitError) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-class Pacer:
-    """Per-second spacing with a safety margin, on top of the shared RateLimiter.
-
-    The limiter spaces requests when they *leave*; a provider counts them when they *arrive*,
-    and arrival jitter of a few milliseconds makes a request spaced exactly 1/n s apart land
-    inside the provider's window (measured against the mock: about every other page at a
-    saturated 2 req/s). A small margin on the 1-second window keeps arrivals inside the budget.
-    """
-
-    def __init__(self, per_second: float | None, margin: float = 0.1,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
-        if per_second and per_second >= 1:
-            self.window, self.limit = 1.0 + margin, int(per_second)
-        elif per_second:
-            self.window, self.limit = 1.0 / per_second + margin, 1
-        else:
-            self.window, self.limit = 0.0, 0
-        self._times: deque[float] = deque()
-        self._clock, self._sleep = clock, sleep
-        self._lock = threading.Lock()
-
-    def wait(self) -> None:
-        if not self.limit:
-            return
-        with self._lock:  # waiters queue here in turn; they would all wait anyway
-            while True:
-                now = self._clock()
-                while self._times and self._times[0] <= now - self.window:
-                    self._times.popleft()
-                if len(self._times) < self.limit:
-                    self._times.append(now)
-                    return
-                self._sleep(self._times[0] + self.window - now)
 
 
 class Masker:
@@ -176,7 +128,6 @@ class ODataClient:
         self.timeout = timeout
         self.mask = masker
         self.sleep = sleep
-        self.pacer = Pacer(limiter.budget.per_second)
         self.session = requests.Session()
         adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=max(pool_size, 4))
         self.session.mount("http://", adapter)
@@ -209,10 +160,7 @@ class ODataClient:
     # ---- auth ----------------------------------------------------------------------------
     def token(self) -> str:
         """A valid access token, fetched (through the limiter, with retries) when none is cached."""
-        try:
-            return call_with_retry(self._token, self.policy, what="token request", sleep=self.sleep)
-        except _BudgetExhausted as exc:
-            raise exc.error from None
+        return call_with_retry(self._token, self.policy, what="token request", sleep=self.sleep)
 
     def _token(self) -> str:
         """One attempt: the cached token or a single token request; the caller's retry covers it."""
@@ -251,15 +199,11 @@ class ODataClient:
 
     # ---- requests ------------------------------------------------------------------------
     def _acquire(self) -> None:
-        try:
-            self.limiter.acquire()
-        except RateLimitError as exc:
-            raise _BudgetExhausted(exc) from None
-        self.pacer.wait()
+        self.limiter.acquire()  # BudgetExhausted when the wait would be too long: never retried
 
     def _retrying(self, fn: Callable[[], requests.Response], what: str,
                   policy: RetryPolicy | None = None) -> requests.Response:
-        """call_with_retry, counting retries and unwrapping a limiter refusal."""
+        """call_with_retry, counting retries."""
         attempts = [0]
 
         def counted() -> requests.Response:
@@ -268,10 +212,7 @@ class ODataClient:
                 self.count("retries")
             return fn()
 
-        try:
-            return call_with_retry(counted, policy or self.policy, what=what, sleep=self.sleep)
-        except _BudgetExhausted as exc:
-            raise exc.error from None
+        return call_with_retry(counted, policy or self.policy, what=what, sleep=self.sleep)
 
     def _send(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One HTTP exchange; network failures become retryable ServerErrors (masked)."""
