@@ -6,14 +6,15 @@ import io
 import pickle
 import struct
 import zlib
-from pathlib import Path
 
 import pytest
 from mls_sync import imaging
 from mls_sync.imaging import ImageError, fit_size, floor_variants, make_variants, process_many
 from PIL import Image, ImageChops, ImageCms, ImageDraw, ImageStat
 
-FIXTURES = Path("/work/shared/fixtures/librets/unit")
+from tests.shared_fixtures import SHARED_FIXTURES
+
+FIXTURES = SHARED_FIXTURES / "librets" / "unit"
 SMALL = {"thumbnail": 64, "medium": 200, "large": 400}  # keeps the suite fast
 
 

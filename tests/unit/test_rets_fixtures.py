@@ -1,4 +1,4 @@
-"""Recorded RETS replies from /work/shared/fixtures, read as (status, headers, body) + sanity tests."""
+"""Recorded RETS replies from shared/fixtures, read as (status, headers, body) + sanity tests."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
-FIXTURES = Path("/work/shared/fixtures")
+from tests.shared_fixtures import SHARED_FIXTURES
+
+FIXTURES = SHARED_FIXTURES
 LIBRETS = FIXTURES / "librets" / "unit"
 FLEX = FIXTURES / "phrets-flexmls" / "Integration" / "Fixtures" / "Http"
 FLEX_GET = FLEX / "get" / "retsgw.flexmls.com"
 
-pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason="shared RETS fixtures not present")
+pytestmark = pytest.mark.skipif(not FIXTURES.exists(), reason=f"shared RETS fixtures not found at {FIXTURES}: "
+                                "lay shared/ beside the checkout or set MLS_SHARED_FIXTURES")
 
 
 def _split_head(raw: bytes) -> tuple[bytes, bytes]:
