@@ -288,6 +288,7 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
     af_db, props_db = f"mls_topo_airflow_{tag}", f"mls_topo_props_{tag}"
     stack = ExitStack()
     topo: Topology | None = None
+    keep = False
     try:
         stack.enter_context(_databases(PG_ADMIN_URL, af_db, props_db))
         celery = executor == "CeleryExecutor"
@@ -358,9 +359,12 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
         topo.pids.update({name: p.pid for name, p in topo.processes.items()})
         wait_http(f"{topo.api_url}/api/v2/monitor/health", topo.processes["api-server"], home / "api-server.log")
         yield topo
+    except BaseException:
+        keep = True  # the logs are what explains a failure
+        raise
     finally:
         stack.close()
-        if os.environ.get("MLS_TOPOLOGY_KEEP_HOME"):
+        if keep or os.environ.get("MLS_TOPOLOGY_KEEP_HOME"):
             print(f"topology logs kept in {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)

@@ -45,7 +45,8 @@ def services() -> None:
         pytest.skip(f"needs Redis at {REDIS_URL} for the Celery broker")
 
 
-def _wait(what: str, check: Any, timeout: float, stack: Topology, every: float = 1.0) -> Any:
+def _wait(what: str, check: Any, timeout: float, stack: Topology, every: float = 1.0,
+          detail: Any = lambda: "") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         got = check()
@@ -56,8 +57,9 @@ def _wait(what: str, check: Any, timeout: float, stack: Topology, every: float =
             name = next(iter(dead))
             pytest.fail(f"{name} exited ({dead[name]}) while waiting for {what}:\n{stack.log(name)[-3000:]}")
         if time.monotonic() > deadline:
-            pytest.fail(f"{what} not within {timeout:.0f}s; scheduler log:\n{stack.log('scheduler')[-3000:]}\n"
-                        f"worker log:\n{stack.log('celery-worker')[-3000:]}")
+            pytest.fail(f"{what} not within {timeout:.0f}s; {detail()}\nlogs (kept) in {stack.home}; "
+                        f"scheduler log:\n{stack.log('scheduler')[-2000:]}\n"
+                        f"worker log:\n{stack.log('celery-worker')[-2000:]}")
         time.sleep(every)
 
 
@@ -102,7 +104,11 @@ def _check_run(stack: Topology) -> None:
         state = api.get(f"{stack.api_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}", timeout=30).json()["state"]
         return state if state in ("success", "failed") else None
 
-    state = _wait(f"run {run_id} to finish", finished, RUN_TIMEOUT, stack, every=2)
+    def states() -> str:
+        return "task states: " + ", ".join(f"{t['task_id']}[{t['map_index']}]={t['state']} (try {t['try_number']})"
+                                           for t in _task_instances(stack, api, run_id))
+
+    state = _wait(f"run {run_id} to finish", finished, RUN_TIMEOUT, stack, every=2, detail=states)
     tis = _task_instances(stack, api, run_id)
     summary = {(t["task_id"], t["map_index"]): (t["state"], t["hostname"]) for t in tis}
     assert state == "success", f"{summary}\nscheduler:\n{stack.log('scheduler')[-3000:]}"
@@ -114,12 +120,16 @@ def _check_run(stack: Topology) -> None:
     assert {t["pool"] for t in tis} == {f"mls_{PROVIDER}"}
     assert {t["executor"] for t in tis} <= {None, "CeleryExecutor"}
     meta = sa.create_engine(stack.airflow_db_url)
-    try:
+
+    def celery_done() -> bool:  # the worker stores a result just after the task reported its state
         with meta.connect() as c:
-            celery_done = c.execute(sa.text("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")).scalar()
+            done = c.execute(sa.text("SELECT count(*) FROM celery_taskmeta WHERE status = 'SUCCESS'")).scalar()
+        return done >= len(tis)
+
+    try:
+        _wait("a Celery result for every task", celery_done, 30, stack)
     finally:
         meta.dispose()
-    assert celery_done >= len(tis)  # the result backend saw each task finish
 
     # the properties database named by AIRFLOW_CONN_MLS_PROPERTIES_DB holds the feed and its photos
     expected = _expected_on_market(stack.mock_url)
