@@ -30,6 +30,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     "(bench/results/profile-*.html and .txt)")
     ap.add_argument("--no-dag", action="store_true", help="skip the dag.test() run of scenario 1")
     ap.add_argument("--no-peer", action="store_true", help="skip the `rets` peer comparison")
+    ap.add_argument("--peer-only", action="store_true", help="scenarios 1/5: only the `rets` peer comparison "
+                    "at their sizes (no sync)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     a = ap.parse_args(argv)
     picked = []
@@ -73,6 +75,14 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                          profile=a.profile, dag=not a.no_dag, peer=not a.no_peer)
             stack.enter_context(b.stack)
             out = b.results
+            if a.peer_only:
+                for s in sorted(sel & {"1", "5"}):
+                    n = a.listings or (10_000 if s == "1" else 100_000)
+                    with mock_mls(n) as mock:
+                        monitor.watch(mock.pid, "mock")
+                        print(f"-- {s} peer: ours vs rets, {n:,} listings", flush=True)
+                        out.append(sc.peer_compare(b, s, n))
+                sel = set()
             if sel & {"1", "2", "3"}:
                 n = a.listings or 10_000
                 print(f"== scenarios {sorted(sel & {'1', '2', '3'})}: mock MLS with {n:,} listings", flush=True)

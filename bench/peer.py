@@ -1,8 +1,8 @@
 """Peer comparison: our RETS search walk vs the PyPI `rets` package, each in its own process.
 
 `python -m bench.peer ours|rets --provider demo_rets --query DMQL --format F` walks the search and
-prints one JSON line: seconds (search walk only; login and metadata warm-up excluded), unique keys,
-rows received, requests, peak RSS (ru_maxrss) and RSS after login, plus RSS samples along the walk.
+prints one JSON line: seconds and CPU seconds (search walk only; login and metadata warm-up excluded), unique keys,
+rows received, requests, peak RSS (VmHWM) and RSS after login, plus RSS samples along the walk.
 Neither keeps the records: both count keys, as a streaming consumer would.
 """
 
@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import psutil
 
@@ -28,7 +29,15 @@ def _rss() -> float:
 
 
 def _peak() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    """This process's RSS high-water mark (VmHWM). Not ru_maxrss: on Linux that survives exec and
+    so reports the RSS of the (large) bench process we were spawned from."""
+    try:
+        for line in open("/proc/self/status").read().splitlines():  # noqa: SIM115
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def walk_ours(provider_id: str) -> dict[str, Any]:
@@ -48,16 +57,22 @@ def walk_ours(provider_id: str) -> dict[str, Any]:
     keys: set[str] = set()
     rows = 0
     samples: list[float] = []
-    started = time.monotonic()
-    for page in source.pages(criteria):
-        for rec in page.records:
-            keys.add(rec[cfg.roles().key])
-        rows += len(page.records)
-        samples.append(round(_rss(), 1))
-    seconds = time.monotonic() - started
+    from bench.runner import record_requests
+
+    started, cpu = time.monotonic(), time.process_time()
+    with record_requests(("/rets/search",)) as seen:
+        for page in source.pages(criteria):
+            for rec in page.records:
+                keys.add(rec[cfg.roles().key])
+            rows += len(page.records)
+            samples.append(round(_rss(), 1))
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     requests_made = sum(source.session.stats["requests"].values()) - before
     source.close()
-    return {"seconds": seconds, "unique_keys": len(keys), "rows": rows, "requests": requests_made,
+    first = parse_qs(urlsplit(seen[0]["url"]).query) if seen else {}
+    return {"seconds": seconds, "cpu_seconds": cpu, "unique_keys": len(keys), "rows": rows,
+            "requests": requests_made, "query": first.get("Query", [""])[0],
+            "format": first.get("Format", ["COMPACT-DECODED"])[0],
             "rss_after_login_mb": round(base, 1), "samples_mb": samples[:: max(1, len(samples) // 40)]}
 
 
@@ -78,17 +93,17 @@ def walk_rets(provider_id: str, query: str, fmt: str) -> dict[str, Any]:
     keys: set[str] = set()
     rows = 0
     samples: list[float] = []
-    started = time.monotonic()
+    started, cpu = time.monotonic(), time.process_time()
     for rec in session.search(resource=cfg.rets.resource, resource_class=cfg.rets.class_, dmql_query=query,
                               response_format=fmt):
         keys.add(rec[key])
         rows += 1
         if rows % 2500 == 0:
             samples.append(round(_rss(), 1))
-    seconds = time.monotonic() - started
+    seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     with contextlib.suppress(Exception):  # the peer's logout is not what we measure
         session.logout()
-    return {"seconds": seconds, "unique_keys": len(keys), "rows": rows, "requests": None,
+    return {"seconds": seconds, "cpu_seconds": cpu, "unique_keys": len(keys), "rows": rows, "requests": None,
             "rss_after_login_mb": round(base, 1), "samples_mb": samples[:: max(1, len(samples) // 40)]}
 
 

@@ -212,13 +212,15 @@ def first_query(recorded: list[dict[str, Any]]) -> tuple[str, str]:
     raise RuntimeError("no RETS search was recorded")
 
 
-def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str, Any]]) -> dict[str, Any]:
+def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    """Both walks of the full-sync search; the `rets` one gets the DMQL our client sent."""
     res = _base(scenario, "RETS fetch-and-parse: ours vs `rets`", "demo_rets", "peer", listings)
 
     def body() -> None:
-        query, fmt = first_query(recorded)
         b.monitor.reset()
         ours = run_peer("ours", "demo_rets", monitor=b.monitor)
+        query, fmt = first_query(recorded) if recorded else (ours["query"], ours["format"])
         theirs = run_peer("rets", "demo_rets", query=query, fmt=fmt, monitor=b.monitor)
         res["peer"] = {"ours": ours, "rets": theirs, "query": query, "format": fmt}
         res["wall_seconds"] = round(ours["seconds"], 3)
@@ -228,12 +230,17 @@ def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str
         res["peak_rss_process"] = "peer:ours"
         r = ratio(ours["seconds"], theirs["seconds"])
         res["ratios"]["ours_vs_rets_time"] = r
+        res["ratios"]["ours_vs_rets_cpu"] = ratio(ours["cpu_seconds"], theirs["cpu_seconds"])
         res["ratios"]["ours_vs_rets_peak_rss"] = ratio(ours["peak_rss_mb"], theirs["peak_rss_mb"])
         res["ratios"]["ours_vs_rets_rss_growth"] = ratio(max(ours["growth_mb"], 0.1), max(theirs["growth_mb"], 0.1))
         if ours["unique_keys"] != theirs["unique_keys"]:
             res["notes"].append(f"unique keys differ: ours {ours['unique_keys']}, rets {theirs['unique_keys']} "
                                 f"(rets rows received {theirs['rows']})")
         res["targets"].append(target("fetch-and-parse time vs rets", r is not None and r <= 1.0, r, "<= 1.0"))
+        growth = ours["samples_mb"][-1] - ours["samples_mb"][0] if ours["samples_mb"] else None
+        res["checks"] = {"ours_rss_first_page_mb": ours["samples_mb"][0] if ours["samples_mb"] else None,
+                         "ours_rss_last_page_mb": ours["samples_mb"][-1] if ours["samples_mb"] else None,
+                         "ours_rss_growth_over_walk_mb": round(growth, 1) if growth is not None else None}
 
     return guarded(res, body)
 
@@ -338,7 +345,7 @@ def media_stage(b: Bench, photos: int, provider: str = "demo_rets") -> dict[str,
         res["skipped"] = "skipped: media stage not available yet"
         return res
     per = 5
-    listings = max(1, photos // per)
+    listings = max(1, round(photos / per / 0.72))  # a full sync takes the ~72% active-ish listings
 
     def body() -> None:
         from mls_sync.config import find_provider
