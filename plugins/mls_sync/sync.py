@@ -334,6 +334,10 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         return {"checked": 0, "deleted": 0, "refreshed": 0}
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     pr, rr = t.properties, t.mls_raw_records
+    with ctx.db.begin() as c:
+        # A full sync has just (re)written most of both tables; without fresh statistics the
+        # planner picks a nested-loop anti-join that is quadratic in listings (minutes at 100k).
+        c.exec_driver_sql("ANALYZE properties, mls_raw_records")
     with ctx.db.connect() as c:
         missing = list(c.execute(sa.select(pr.c.listing_key).select_from(
             pr.outerjoin(rr, sa.and_(rr.c.provider_id == pr.c.provider_id, rr.c.listing_key == pr.c.listing_key,

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
 from mls_sync.columns import ACTIVE_STATUSES, EDITABLE_COLUMNS, MAPPABLE_COLUMNS
+from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 BATCH = 1000
@@ -143,7 +144,11 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
 
 
 def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_edits: bool) -> list[tuple[str, bool]]:
-    stmt = pg_insert(p)
+    """COPY the chunk into a staging table, then one INSERT .. SELECT .. ON CONFLICT for all of it."""
+    cols = list(chunk[0])
+    stage = bulk.stage_table(conn, p, cols)
+    bulk.copy_into(conn, stage, cols, chunk)
+    stmt = pg_insert(p).from_select(cols, sa.select(*[stage.c[c] for c in cols]))
     ex = stmt.excluded
     set_ = {c: ex[c] for c in MAPPABLE_COLUMNS if c != "listing_key"}
     set_.update(row_hash=ex.row_hash, is_active=ex.is_active, last_sync_id=ex.last_sync_id,
@@ -157,8 +162,7 @@ def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_ed
         changed = changed & (p.c.local_edits == sa.text("'{}'::jsonb"))
     stmt = stmt.on_conflict_do_update(constraint="uq_properties_provider_listing", set_=set_, where=changed)
     stmt = stmt.returning(p.c.listing_key, sa.literal_column("(xmax = 0)").label("inserted"))
-    result = conn.execute(stmt, chunk)
-    return [(r.listing_key, bool(r.inserted)) for r in result]
+    return [(r.listing_key, bool(r.inserted)) for r in conn.execute(stmt)]
 
 
 def preview_rows(conn: Connection, t: Tables, provider_id: str,

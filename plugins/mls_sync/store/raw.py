@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
+from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 DELETED_MARKER = "__deleted__"
@@ -26,11 +27,17 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     r = t.mls_raw_records
     rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
              "deleted": bool(rec.get(DELETED_MARKER))} for k, rec in records]
-    stmt = pg_insert(r)
+    cols = list(rows[0])
+    stage = bulk.stage_table(conn, r, cols)
+    bulk.copy_into(conn, stage, cols, rows)
+    # a page may repeat a key (a listing modified mid-walk); the last copy wins
+    latest = sa.select(*[stage.c[c] for c in cols]).distinct(stage.c.listing_key).order_by(
+        stage.c.listing_key, sa.literal_column("ctid").desc())
+    stmt = pg_insert(r).from_select(cols, latest)
     stmt = stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
         "sync_id": stmt.excluded.sync_id, "payload": stmt.excluded.payload,
         "deleted": stmt.excluded.deleted, "fetched_at": sa.func.now()})
-    conn.execute(stmt, rows)
+    conn.execute(stmt)
     return len(rows)
 
 

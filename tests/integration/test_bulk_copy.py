@@ -1,0 +1,48 @@
+"""COPY-based upserts carry every awkward value through unchanged."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from mls_sync.store import properties as prop_store
+from mls_sync.store import raw as raw_store
+from mls_sync.store.tables import tables
+
+pytestmark = pytest.mark.integration
+
+AWKWARD = 'tab\there, newline\nthere, back\\slash, "quotes", {braces}, comma, NULL, \\N, é ✓'
+
+
+def test_upsert_round_trips_awkward_values(db) -> None:
+    row = {"listing_key": "K1", "mls_listing_id": "M1", "public_remarks": AWKWARD, "status": "Active",
+           "price": Decimal("123456.78"), "listed_date": date(2024, 2, 29), "bedrooms": 3,
+           "mls_modified_at": datetime(2024, 3, 1, 12, 0, 0, 123000, tzinfo=UTC),
+           "interior_features": [AWKWARD, "Fireplace", ""], "appliances": None, "latitude": Decimal("-12.5")}
+    t = tables(db)
+    with db.begin() as c:
+        res = prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1)
+    assert res.added == ["K1"]
+    with db.connect() as c:
+        got = c.execute(sa.text("SELECT * FROM properties WHERE listing_key = 'K1'")).mappings().one()
+    assert got["public_remarks"] == AWKWARD
+    assert got["interior_features"] == [AWKWARD, "Fireplace", ""]
+    assert got["appliances"] is None and got["price"] == Decimal("123456.78")
+    assert got["listed_date"] == date(2024, 2, 29) and got["mls_modified_at"] == row["mls_modified_at"]
+    with db.begin() as c:  # same hash: nothing written
+        assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 2).unchanged == 1
+
+
+def test_raw_landing_keeps_payload_and_last_duplicate(db) -> None:
+    t = tables(db)
+    recs = [("K1", {"A": AWKWARD, "n": 1}), ("K2", {"A": None}), ("K1", {"A": "second", "__deleted__": True})]
+    with db.begin() as c:
+        raw_store.land(c, t, "p", 7, recs)
+    with db.connect() as c:
+        rows = dict(c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records")).all())
+        deleted = c.execute(sa.text("SELECT deleted FROM mls_raw_records WHERE listing_key = 'K1'")).scalar()
+    assert rows["K2"] == {"A": None}
+    assert rows["K1"]["A"] == "second" and deleted is True
