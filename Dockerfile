@@ -11,8 +11,8 @@ USER airflow
 WORKDIR /opt/mls
 
 # Dependencies first (a layer that survives code edits); apache-airflow is pinned in the file.
-COPY --chown=airflow:0 requirements.txt pyproject.toml ./
-RUN pip install --no-cache-dir -r requirements.txt
+COPY --chown=airflow:0 requirements.txt constraints.txt pyproject.toml ./
+RUN pip install --no-cache-dir -r requirements.txt -c constraints.txt
 
 COPY --chown=airflow:0 plugins ./plugins
 COPY --chown=airflow:0 dags ./dags
