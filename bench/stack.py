@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -99,26 +96,13 @@ def truncate(url: str) -> None:
 def s3_endpoint(monitor: Any = None) -> Iterator[dict[str, Any]]:
     """moto's S3 server in its own process (uploads held in its memory are not ours) and a bucket;
     yields the MLS_MEDIA_STORAGE settings pointing at it."""
-    import requests
+    import tempfile
 
-    from devstack import free_port
+    from devstack.topology import moto_server
     from tests.integration.s3_server import CREDENTIALS, REGION, make_bucket, s3_client
 
-    port = free_port()
-    exe = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        endpoint_url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(endpoint_url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("moto S3 server did not start") from None
-                time.sleep(0.2)
+    with tempfile.TemporaryDirectory(prefix="mls_bench_s3_") as tmp, \
+            moto_server(Path(tmp) / "moto.log") as (endpoint_url, proc):
         if monitor is not None:
             monitor.watch(proc.pid, "s3")
         bucket = make_bucket(s3_client(endpoint_url))
@@ -127,13 +111,6 @@ def s3_endpoint(monitor: Any = None) -> Iterator[dict[str, Any]]:
         os.environ["AIRFLOW_CONN_MLS_BENCH_AWS"] = json.dumps(conn)
         yield {"backend": "s3", "bucket": bucket, "endpoint_url": endpoint_url, "region_name": REGION,
                "aws_conn_id": "mls_bench_aws", "prefix": "bench"}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass

@@ -235,23 +235,14 @@ def _redis_db(url: str) -> Iterator[str]:
 
 
 @contextmanager
-def _moto(log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    import requests
-
+def moto_server(log: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """moto's S3 server in its own process group on a free port; yields (endpoint URL, process)."""
     port = free_port()
     proc = spawn([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
                  clean_env(), log)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.get(url, timeout=2)
-                break
-            except requests.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto S3 server did not start:\n{log.read_text()[-2000:]}") from None
-                time.sleep(0.2)
+        wait_http(url, proc, log, timeout=60)
         yield url, proc
     finally:
         stop_group(proc)
@@ -294,7 +285,7 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
         celery = executor == "CeleryExecutor"
         if celery:
             stack.enter_context(_redis_db(REDIS_URL))
-        s3_url, moto_proc = stack.enter_context(_moto(home / "moto.log"))
+        s3_url, moto_proc = stack.enter_context(moto_server(home / "moto.log"))
         bucket = make_bucket(s3_client(s3_url), f"mls-media-{tag}")
         mock = stack.enter_context(mock_mls_process(
             "--listings", str(listings), "--photos-per-listing", str(photos_per_listing), "--seed", "3"))

@@ -288,7 +288,10 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
                 err_store.record_error(c, t, provider_id=p.provider_id, stage="transform_warning",
                                        category="data", ref=key, message=reason, payload=rec, sync_id=sid,
                                        max_attempts=1)
-            err_store.resolve(c, t, p.provider_id, "transform", [r["listing_key"] for r, _ in good])
+            ok_keys = [r["listing_key"] for r, _ in good]
+            err_store.resolve(c, t, p.provider_id, "transform", ok_keys)
+            warned_keys = {k for k, _, _ in warned}
+            err_store.resolve(c, t, p.provider_id, "transform_warning", [k for k in ok_keys if k not in warned_keys])
         runs.add_counts(c, t, sid, counts)
         state = {"transform_after": batch[-1][0]}
         if acc["max_modified"] is not None:
