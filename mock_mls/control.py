@@ -56,11 +56,11 @@ class Settings:
     timezone_offset: str = "-05:00"
     rets_version: str = "RETS/1.7.2"
     username: str = "mockuser"
-    password: str = "mockpass"  # noqa: S105 - documented mock default
+    password: str = "mockpass"
     user_agent: str = "MockClient/1.0"
-    ua_password: str = "uapass"  # noqa: S105
+    ua_password: str = "uapass"
     client_id: str = "mock-client"
-    client_secret: str = "mock-secret"  # noqa: S105
+    client_secret: str = "mock-secret"
 
     def update(self, **changes: Any) -> None:
         known = {f.name for f in fields(self)}

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
 from mls_sync.store.tables import tables

@@ -85,7 +85,7 @@ def test_search_and_photos_with_explicit_arguments(mls: Any, tmp_path: Path) -> 
 
 
 def test_bad_password_exits_3(mls: Any) -> None:
-    r = mls_sync("check", *explicit(mls, password="wrong-password"))  # noqa: S106
+    r = mls_sync("check", *explicit(mls, password="wrong-password"))
     assert r.returncode == 3
     assert r.stderr.startswith("mls-sync: authentication failed") and "Traceback" not in r.stderr
     assert "wrong-password" not in r.stderr

@@ -81,5 +81,5 @@ def test_photos(mls: Any, tmp_path: Path) -> None:
 
 
 def test_bad_secret_is_an_auth_failure(mls: Any) -> None:
-    proc = run_cli(mls, "check", secret="wrong-secret")  # noqa: S106 - deliberately wrong
+    proc = run_cli(mls, "check", secret="wrong-secret")
     assert proc.returncode == 3 and "Unknown client" in proc.stderr

@@ -148,7 +148,7 @@ def test_broken_bodies_are_retried(mock_mls_factory: Any) -> None:
 
 def test_bad_password_is_auth_error(mock_mls_factory: Any) -> None:
     mls = mock_mls_factory(listings=50, seed=1, photos_per_listing=1)
-    src = source(mls, password="not-the-password")  # noqa: S106
+    src = source(mls, password="not-the-password")
     with pytest.raises(AuthError) as info:
         src.check()
     assert "not-the-password" not in str(info.value) and "not-the-password" not in repr(src)

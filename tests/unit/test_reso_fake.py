@@ -20,8 +20,8 @@ from mls_sync.limits import Budget, RateLimiter
 from mls_sync.sources.reso import ResoSource
 
 ROOT = "http://fake.test/reso/odata"
-TOKEN_URL = "http://fake.test/oauth2/token"  # noqa: S105 - a URL, not a password
-SECRET = "s3cr3t-client-secret"  # noqa: S105 - the fake's own test secret
+TOKEN_URL = "http://fake.test/oauth2/token"
+SECRET = "s3cr3t-client-secret"
 
 KEYSET = re.compile(r"ModificationTimestamp gt (\S+) or "
                     r"\(ModificationTimestamp eq \S+ and ListingKey gt '((?:[^']|'')*)'\)")

@@ -8,8 +8,8 @@ from mls_sync.sources.base import Source
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig
-    from mls_sync.limits import RateLimiter
     from mls_sync.connections import Connection
+    from mls_sync.limits import RateLimiter
 
 
 def open_source(provider: ProviderConfig, conn: Connection, limiter: RateLimiter | None = None) -> Source:

@@ -58,7 +58,12 @@ class SearchWalk:
         self.offset_mode = offset_mode
         self.now = now
         self.learned = offset_ok  # {"ok": None|True|False}
-        self.seen: set[str] = set()
+        # Keys of the last few pages only: enough to drop a row that slid across a page boundary
+        # and to spot a repeated page, while memory stays flat however large the result. A
+        # listing modified mid-walk may still come again later; the engine's raw table is keyed
+        # by listing, so it lands once.
+        self.seen: dict[str, None] = {}
+        self.seen_limit = max(4 * page_size, 10_000)
 
     # -- helpers -------------------------------------------------------------------------------
     def _new(self, records: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -67,8 +72,10 @@ class SearchWalk:
             k = r.get(self.key)
             if k is None or k in self.seen:
                 continue
-            self.seen.add(k)
+            self.seen[k] = None
             out.append(r)
+        while len(self.seen) > self.seen_limit:  # dicts keep insertion order: drop the oldest
+            del self.seen[next(iter(self.seen))]
         return out
 
     def _time_clause(self, low: datetime | None, high: datetime | None) -> str:
