@@ -28,9 +28,12 @@ def copy_value(v: Any) -> str:
     """One value in COPY's text format (NULL is \\N)."""
     if v is None:
         return "\\N"
-    if isinstance(v, bool):
+    kind = type(v)
+    if kind is str:
+        text = v
+    elif kind is bool:
         text = "t" if v else "f"
-    elif isinstance(v, (int, float, Decimal)):
+    elif kind in (int, float, Decimal):
         text = str(v)
     elif isinstance(v, (datetime, date)):
         text = v.isoformat()
@@ -40,7 +43,10 @@ def copy_value(v: Any) -> str:
         text = json.dumps(v, default=str, separators=(",", ":"))
     else:
         text = str(v)
-    return text.replace("\x00", "").translate(_COPY_ESCAPES)
+    # Most values need no escaping; isprintable() is false for tab, newline, CR and NUL.
+    if "\\" in text or not text.isprintable():
+        text = text.replace("\x00", "").translate(_COPY_ESCAPES)
+    return text
 
 
 def stage_table(conn: Connection, like: sa.Table, columns: Sequence[str]) -> sa.Table:
