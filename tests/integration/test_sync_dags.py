@@ -139,6 +139,15 @@ def test_status_poll_applies_status_changes(mls, db) -> None:
         assert row["status"] == mls.listing(k)["StandardStatus"]
         assert row["is_active"] == (row["status"] in ACTIVE_STATUSES)
     assert scalar(db, "SELECT count(*) FROM property_status_history") == len(changed["status"])
+    # off-market listings are archived once they have been off the market archive_after_days (30)
+    with db.begin() as c:  # one closed 31 days ago, one closed yesterday
+        c.execute(sa.text("UPDATE properties SET status = 'Closed', is_active = false, status_changed_at = "
+                          "now() - interval '31 days' WHERE listing_key = (SELECT min(listing_key) FROM properties)"))
+        c.execute(sa.text("UPDATE properties SET status = 'Closed', is_active = false, status_changed_at = "
+                          "now() - interval '1 day' WHERE listing_key = (SELECT max(listing_key) FROM properties)"))
+    run_dag("mls_status__demo_reso")
+    archived = [r["listing_key"] for r in rows(db, "SELECT listing_key FROM properties WHERE archived_at IS NOT NULL")]
+    assert archived == [scalar(db, "SELECT min(listing_key) FROM properties")]
 
 
 def test_deleted_listing_with_local_edits_becomes_conflict(mls, db) -> None:
