@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from mls_sync.media_rows import row_keys
-from mls_sync.objectstore import ObjectStore, safe_segment
+from mls_sync.objectstore import ObjectStore, prefix_parts, safe_segment
 from mls_sync.store.tables import tables
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ def cleanup_removed(ctx: SyncContext, store: ObjectStore, now: datetime | None =
 
 
 def _root(prefix: str, provider_id: str | None) -> str:
-    parts = [p for p in prefix.strip("/").split("/") if p]
+    parts = prefix_parts(prefix)
     if not parts:
         raise ValueError("orphan search needs the media prefix (e.g. 'listings'): an empty prefix would "
                          "treat every object in the bucket as a photo")

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
-from mls_sync.media_select import STAGE, clock_column, media_sync, photo_ref
+from mls_sync.media_select import STAGE, clock_column, photo_ref
 from mls_sync.store import errors as err_store
 from mls_sync.store.tables import Tables
 
@@ -90,7 +90,7 @@ class ListingOutcome:
 
 def load_listings(conn: Connection, t: Tables, provider: ProviderConfig,
                   keys: Sequence[str]) -> dict[str, ListingInfo]:
-    pr, s = t.properties, media_sync
+    pr, s = t.properties, t.property_media_sync
     clock = pr.c[clock_column(provider)]
     pid = provider.provider_id
     q = (sa.select(pr.c.listing_key, clock.label("clock"), pr.c.photos_count, pr.c.deleted_at,
@@ -137,7 +137,7 @@ def _meta_values(meta: PhotoMeta) -> dict[str, Any]:
 def write_outcome(conn: Connection, t: Tables, provider: ProviderConfig, sync_id: int, out: ListingOutcome,
                   *, base_minutes: int) -> dict[str, int]:
     """Apply one listing's outcome; returns its history counts."""
-    pm, e = t.property_media, t.mls_sync_errors
+    pm, e, s = t.property_media, t.mls_sync_errors, t.property_media_sync
     pid, key = provider.provider_id, out.listing_key
     now = sa.func.now()
     stored = {r.media_order: r for r in conn.execute(
@@ -170,7 +170,7 @@ def write_outcome(conn: Connection, t: Tables, provider: ProviderConfig, sync_id
     failed_refs = {photo_ref(key, o) for o in out.failed}
     err_store.resolve(conn, t, pid, STAGE, [r for r in open_refs if r not in failed_refs])
     remaining = len(stored) - len(gone) + len(out.new)
-    stmt = pg_insert(media_sync).values(
+    stmt = pg_insert(s).values(
         provider_id=pid, listing_key=key, photos_changed_at=out.info.clock, photos_count=out.info.photos_count,
         photos_stored=remaining, synced_at=now, sync_id=sync_id)
     conn.execute(stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={

@@ -28,19 +28,6 @@ if TYPE_CHECKING:
     from mls_sync.sync import SyncContext
 
 STAGE = "media"
-# Declared here rather than reflected: the media stage owns this table (include/sql/002_media.sql).
-media_sync = sa.Table(
-    "property_media_sync", sa.MetaData(),
-    sa.Column("provider_id", sa.Text, primary_key=True),
-    sa.Column("listing_key", sa.Text, primary_key=True),
-    sa.Column("photos_changed_at", sa.DateTime(timezone=True)),
-    sa.Column("photos_count", sa.Integer),
-    sa.Column("photos_stored", sa.Integer),
-    sa.Column("synced_at", sa.DateTime(timezone=True)),
-    sa.Column("sync_id", sa.BigInteger),
-)
-
-
 def clock_column(provider: ProviderConfig) -> str:
     """The properties column that moves when photos change; ModificationTimestamp as a fallback
     for providers that publish no photo timestamp (then any change re-checks the photos)."""
@@ -71,7 +58,7 @@ def _differs(clock: Any, count: Any, state_clock: Any, state_count: Any) -> Any:
 def changed_listings(ctx: SyncContext, sync_id: int) -> tuple[list[str], list[str]]:
     """(listings touched by this run whose photos changed or must go, due retries), sorted."""
     p, t = ctx.provider, ctx.t
-    pr, rr, pm, s = t.properties, t.mls_raw_records, t.property_media, media_sync
+    pr, rr, pm, s = t.properties, t.mls_raw_records, t.property_media, t.property_media_sync
     pid = p.provider_id
     touched = sa.union(
         sa.select(rr.c.listing_key).where(rr.c.provider_id == pid, rr.c.sync_id == sync_id),
@@ -130,7 +117,7 @@ def _dry_run_estimate(ctx: SyncContext, sync_id: int) -> dict[str, int]:
         (run.get("stage_state") or {}).get("source_time_zone"))
     column = clock_column(p)
     listings = photos = 0
-    s = media_sync
+    s = t.property_media_sync
     for batch in raw_store.iter_run(ctx.db, t, p.provider_id, sync_id):
         keys = [k for k, _, deleted in batch if not deleted]
         with ctx.db.connect() as c:

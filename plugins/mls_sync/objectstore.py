@@ -355,10 +355,14 @@ def safe_segment(value: str) -> str:
     return cleaned
 
 
+def prefix_parts(prefix: str) -> list[str]:
+    """The configured media prefix as key segments ('/listings/' -> ['listings'])."""
+    return [p for p in prefix.strip("/").split("/") if p]
+
+
 def listing_prefix(prefix: str, provider: str, listing_key: str) -> str:
     """`<prefix>/<provider>/<listing>/`: list or delete every stored photo of one listing."""
-    parts = [p for p in prefix.strip("/").split("/") if p]
-    return "/".join([*parts, safe_segment(provider), safe_segment(listing_key)]) + "/"
+    return "/".join([*prefix_parts(prefix), safe_segment(provider), safe_segment(listing_key)]) + "/"
 
 
 def photo_key(

@@ -21,8 +21,8 @@ import sqlalchemy as sa
 from mls_sync import connections, media, sync
 from mls_sync.config import Limits, ProviderConfig, find_provider
 from mls_sync.imaging import PhotoProcessor
-from mls_sync.media_select import media_sync
 from mls_sync.objectstore import DEFAULT_CACHE_CONTROL, S3Store
+from mls_sync.store.tables import tables
 from PIL import Image
 
 from tests.integration.s3_server import make_bucket, moto_s3, s3_client
@@ -65,7 +65,7 @@ def processor() -> Iterator[PhotoProcessor]:
 def media_db(db: Any) -> Any:
     """The `db` fixture plus the media stage's own table (not in conftest's truncate list)."""
     with db.begin() as c:
-        c.execute(sa.delete(media_sync))
+        c.execute(sa.delete(tables(db).property_media_sync))
     return db
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 TABLES = ("properties", "property_media", "property_status_history", "property_conflicts",
-          "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records")
+          "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync")
 
 
 class Tables:
@@ -30,6 +30,7 @@ class Tables:
     mls_sync_history: sa.Table
     mls_sync_errors: sa.Table
     mls_raw_records: sa.Table
+    property_media_sync: sa.Table
 
 
 @cache
