@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -20,57 +19,40 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from devstack import airflow_env, control, mls_connections, mock_mls_process, pg_reachable
+from devstack import airflow_env, control, embedded_postgres, mls_connections, mock_mls_process, pg_reachable
 
 ADMIN_URL = os.environ.get("MLS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATA_TABLES = ("properties", "property_media", "property_status_history", "property_conflicts")
 ALL_TABLES = (*DATA_TABLES, "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records")
 
 
-def with_db(url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
-
-
 @contextmanager
 def throwaway_database() -> Iterator[str]:
     """A fresh, migrated database URL; dropped (WITH FORCE) on exit."""
-    import psycopg2
+    from mls_sync.store.db import get_engine, migrate
+
+    from devstack.topology import databases, with_db
 
     with ExitStack() as stack:
         admin_url = ADMIN_URL
         if not pg_reachable(admin_url):
-            import pgserver
-
-            tmp = tempfile.mkdtemp(prefix="mls_bench_pg_")
-            stack.callback(shutil.rmtree, tmp, True)
-            server = pgserver.get_server(tmp, cleanup_mode="stop")
-            stack.callback(server.cleanup)
-            admin_url = server.get_uri()
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="mls_bench_pg_", ignore_cleanup_errors=True))
+            admin_url = stack.enter_context(embedded_postgres(Path(tmp)))
         name = f"mls_bench_{uuid.uuid4().hex[:10]}"
-        admin = psycopg2.connect(admin_url)
-        admin.autocommit = True
-        with admin.cursor() as cur:
-            cur.execute(f'CREATE DATABASE "{name}"')
-
-        def drop() -> None:
-            from mls_sync.store import db as dbmod
-
-            for eng in _seen_engines:
-                eng.dispose()
-            _seen_engines.clear()
-            dbmod._engine_for.cache_clear()
-            with admin.cursor() as cur:
-                cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            admin.close()
-
-        stack.callback(drop)
+        stack.enter_context(databases(admin_url, name))
+        stack.callback(_dispose_engines)  # runs before the drop: no pooled connection left behind
         url = with_db(admin_url, name)
-        from mls_sync.store.db import get_engine, migrate
-
         migrate(get_engine(url))
         yield url
+
+
+def _dispose_engines() -> None:
+    from mls_sync.store import db as dbmod
+
+    for eng in _seen_engines:
+        eng.dispose()
+    _seen_engines.clear()
+    dbmod._engine_for.cache_clear()
 
 
 _seen_engines: list[Any] = []
@@ -96,8 +78,6 @@ def truncate(url: str) -> None:
 def s3_endpoint(monitor: Any = None) -> Iterator[dict[str, Any]]:
     """moto's S3 server in its own process (uploads held in its memory are not ours) and a bucket;
     yields the MLS_MEDIA_STORAGE settings pointing at it."""
-    import tempfile
-
     from devstack.topology import moto_server
     from tests.integration.s3_server import CREDENTIALS, REGION, make_bucket, s3_client
 

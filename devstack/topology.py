@@ -95,15 +95,25 @@ def spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
                                 start_new_session=True)
 
 
-def group_alive(pgid: int) -> bool:
-    """Whether any process of the group `pgid` still exists."""
+def _exists(kill: Any, target: int) -> bool:
+    """Signal 0 through `kill` (os.kill or os.killpg): whether the target exists, even if not ours."""
     try:
-        os.killpg(pgid, 0)
+        kill(target, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
     return True
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group `pgid` still exists."""
+    return _exists(os.killpg, pgid)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (zombies of ours are reaped by Popen.wait)."""
+    return _exists(os.kill, pid)
 
 
 def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
@@ -195,14 +205,16 @@ def _pg(url: str) -> str:
     return url.replace("postgresql+psycopg2://", "postgresql://")
 
 
-def _with_db(url: str, name: str, driver: str = "postgresql") -> str:
+def with_db(url: str, name: str, driver: str = "postgresql") -> str:
+    """`url` pointing at database `name` (and the given driver)."""
     from sqlalchemy.engine import make_url
 
     return make_url(url).set(drivername=driver, database=name).render_as_string(hide_password=False)
 
 
 @contextmanager
-def _databases(admin_url: str, *names: str) -> Iterator[None]:
+def databases(admin_url: str, *names: str) -> Iterator[None]:
+    """Create the databases on the server at admin_url; drop them (WITH FORCE) on exit."""
     import psycopg2
 
     admin = psycopg2.connect(_pg(admin_url))
@@ -281,7 +293,7 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
     topo: Topology | None = None
     keep = False
     try:
-        stack.enter_context(_databases(PG_ADMIN_URL, af_db, props_db))
+        stack.enter_context(databases(PG_ADMIN_URL, af_db, props_db))
         celery = executor == "CeleryExecutor"
         if celery:
             stack.enter_context(_redis_db(REDIS_URL))
@@ -294,8 +306,8 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
         passwords = {"admin": secrets.token_urlsafe(12)}
         pw_file = home / "simple_auth_manager_passwords.json"
         pw_file.write_text(json.dumps(passwords))
-        airflow_db_url = _with_db(PG_ADMIN_URL, af_db, "postgresql+psycopg2")
-        properties_db_url = _with_db(PG_ADMIN_URL, props_db)
+        airflow_db_url = with_db(PG_ADMIN_URL, af_db, "postgresql+psycopg2")
+        properties_db_url = with_db(PG_ADMIN_URL, props_db)
         env = clean_env()
         env.update(api_server_env(home, port, pw_file))
         env.update(mls_connections(mock["url"], mock["credentials"]))
@@ -318,7 +330,7 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
         if celery:
             env.update({
                 "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
-                "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + _with_db(PG_ADMIN_URL, af_db),
+                "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + with_db(PG_ADMIN_URL, af_db),
                 "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(worker_concurrency),
             })
         topo = Topology(home=home, api_url=f"http://127.0.0.1:{port}", mock_url=mock["url"], s3_endpoint=s3_url,
@@ -359,17 +371,6 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
             print(f"topology logs kept in {home}", file=sys.stderr)
         else:
             shutil.rmtree(home, ignore_errors=True)
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (zombies of ours are reaped by Popen.wait)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def main() -> int:

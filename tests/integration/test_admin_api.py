@@ -10,7 +10,6 @@ test session's PostgreSQL, filled by a real sync of the demo RESO provider again
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ import requests
 import sqlalchemy as sa
 
 from devstack import free_port, mls_connections
-from devstack.topology import AIRFLOW, api_server_cmd, api_server_env, run_cli, spawn, stop_group, wait_http
+from devstack.topology import AIRFLOW, api_server_cmd, api_server_env, clean_env, run_cli, spawn, stop_group, wait_http
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.slow]
 
@@ -59,7 +58,7 @@ class Stack:
 
 
 def _server_env(home: Path, port: int, db_url: str, passwords_file: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))}
+    env = clean_env()
     env.update(api_server_env(home, port, passwords_file, users="admin:admin,viewer:viewer"))
     env.update({
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from mls_sync.columns import ACTIVE_STATUSES, EDITABLE_COLUMNS
-from mls_sync.store.properties import _coerce, clear_local_edit
+from mls_sync.store.properties import clear_local_edit, coerce_value
 from mls_sync.store.tables import Tables
 
 DECISIONS = ("local", "mls", "per_field")
@@ -71,7 +71,7 @@ def _apply_field_changes(conn: Connection, t: Tables, conflict: dict[str, Any], 
         value = f.get(choice)
         applied[col] = value
         if col in EDITABLE_COLUMNS:
-            values[col] = _coerce(col, value)
+            values[col] = coerce_value(col, value)
         if choice == "local":
             kept = dict(edits.get(col) or {"value": value, "by": by, "at": now.isoformat()})
             kept["mls_value"] = f.get("mls")

@@ -260,13 +260,13 @@ def clear_local_edit(conn: Connection, t: Tables, provider_id: str, listing_key:
     for col in columns:
         edit = edits.pop(col, None)
         if edit is not None and restore_mls:
-            values[col] = _coerce(col, edit.get("mls_value"))
+            values[col] = coerce_value(col, edit.get("mls_value"))
     values.update(local_edits=edits, updated_at=sa.func.now(),
                   row_hash="")  # force the next sync to rewrite the row from the MLS
     conn.execute(p.update().where(p.c.id == cur.id).values(values))
 
 
-def _coerce(col: str, v: Any) -> Any:
+def coerce_value(col: str, v: Any) -> Any:
     """JSON-stored values back to what the column takes (timestamps come back as text)."""
     if v is None:
         return None

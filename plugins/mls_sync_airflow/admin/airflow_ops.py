@@ -72,14 +72,16 @@ def dag_states(dag_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
             out[dm.dag_id].update(known=not dm.is_stale, is_paused=dm.is_paused,
                                   has_import_errors=bool(dm.has_import_errors),
                                   next_run_after=dm.next_dagrun_create_after if not dm.is_paused else None)
-        for dag_id in ids:
-            latest = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id)
-                                    .order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(1))
-            if latest is not None:
-                out[dag_id]["latest_run"] = _ref(latest)
-            active = _active_run(session, dag_id)
-            if active is not None:
-                out[dag_id]["active_run"] = _ref(active)
+        # one query each for every DAG: the newest run, and the newest queued/running one
+        newest = func.row_number().over(partition_by=DagRun.dag_id,
+                                        order_by=(DagRun.run_after.desc(), DagRun.id.desc())).label("n")
+        ranked = select(DagRun.id, newest).where(DagRun.dag_id.in_(ids)).subquery()
+        for dr in session.scalars(select(DagRun).join(ranked, DagRun.id == ranked.c.id).where(ranked.c.n == 1)):
+            out[dr.dag_id]["latest_run"] = _ref(dr)
+        for dr in session.scalars(select(DagRun).where(DagRun.dag_id.in_(ids), DagRun.state.in_(ACTIVE_STATES))
+                                  .order_by(DagRun.run_after.desc(), DagRun.id.desc())):
+            if out[dr.dag_id]["active_run"] is None:
+                out[dr.dag_id]["active_run"] = _ref(dr)
     return out
 
 

@@ -353,7 +353,8 @@ def _run(user: Any, run_id: int) -> dict[str, Any]:
     run["run_url"] = run_url(run["dag_id"], run["dag_run_id"]) if run["dag_id"] else None
     total = sum(s for _, s in run["timings"]) or 1.0
     run["timing_bars"] = [(name, secs, round(100 * secs / total, 1)) for name, secs in run["timings"]]
-    can_edit = allowed(user, f"mls_sync__{run['provider_id']}", "edit")
+    dag_id = next(p.dag_id for p in providers if p.provider_id == run["provider_id"])
+    can_edit = allowed(user, dag_id, "edit")
     for e in run["errors"]:
         e["can_edit"] = can_edit and e["state"] != "resolved"
     return run
