@@ -11,7 +11,7 @@ Pages are bounded (the provider's page size), so memory never grows with the res
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +50,32 @@ class QueryError(SourceError):
     """The server rejected the query itself (RETS 20203/20206, OData 400). Not retried."""
 
     category = "data"
+
+
+class Masker:
+    """Replaces known secrets in any text that may reach a log or an exception.
+
+    Secrets shorter than 4 characters are ignored: they would garble every message and protect
+    nothing. Longer secrets are replaced first, so one containing another is masked whole.
+    """
+
+    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
+        self._secrets: set[str] = set()
+        for s in secrets:
+            self.add(s)
+
+    def add(self, secret: str | None) -> None:
+        if secret and len(secret) >= 4:
+            self._secrets.add(secret)
+
+    def __call__(self, text: object) -> str:
+        out = str(text)
+        for s in sorted(self._secrets, key=len, reverse=True):
+            out = out.replace(s, "***")
+        return out
+
+    def __repr__(self) -> str:
+        return f"Masker({len(self._secrets)} secrets)"
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
@@ -21,31 +21,18 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 import requests
 
 from mls_sync.limits import RateLimiter, RetryPolicy, call_with_retry, retry_after_seconds
-from mls_sync.sources.base import AuthError, QueryError, RateLimitError, ServerError, SourceError
+from mls_sync.sources.base import (
+    AuthError,
+    Masker,
+    QueryError,
+    RateLimitError,
+    ServerError,
+    SourceError,
+)
 
 log = logging.getLogger(__name__)
 
 QUOTA_HEADER_PREFIXES = ("x-ratelimit", "x-rate-limit", "ratelimit", "x-quota", "mlg-")
-
-
-class Masker:
-    """Replaces known secrets in any text that may reach a log or an exception."""
-
-    def __init__(self, secrets: Iterable[str | None] = ()) -> None:
-        self._secrets: set[str] = {s for s in secrets if s and len(s) >= 4}
-
-    def add(self, secret: str | None) -> None:
-        if secret and len(secret) >= 4:
-            self._secrets.add(secret)
-
-    def __call__(self, text: object) -> str:
-        out = str(text)
-        for s in sorted(self._secrets, key=len, reverse=True):
-            out = out.replace(s, "***")
-        return out
-
-    def __repr__(self) -> str:
-        return f"Masker({len(self._secrets)} secrets)"
 
 
 @dataclass
@@ -201,18 +188,10 @@ class ODataClient:
     def _acquire(self) -> None:
         self.limiter.acquire()  # BudgetExhausted when the wait would be too long: never retried
 
-    def _retrying(self, fn: Callable[[], requests.Response], what: str,
-                  policy: RetryPolicy | None = None) -> requests.Response:
-        """call_with_retry, counting retries."""
-        attempts = [0]
-
-        def counted() -> requests.Response:
-            attempts[0] += 1
-            if attempts[0] > 1:
-                self.count("retries")
-            return fn()
-
-        return call_with_retry(counted, policy or self.policy, what=what, sleep=self.sleep)
+    def _retry_sleep(self, seconds: float) -> None:
+        """The back-off between two attempts, counted in stats (call_with_retry's `sleep`)."""
+        self.count("retries")
+        self.sleep(seconds)
 
     def _send(self, method: str, url: str, **kw: Any) -> requests.Response:
         """One HTTP exchange; network failures become retryable ServerErrors (masked)."""
@@ -257,10 +236,11 @@ class ODataClient:
             auth: bool = True, user_agent: str | None = None,
             policy: RetryPolicy | None = None) -> requests.Response:
         """GET with permit, bearer token (refreshed once on 401/403), retries and error mapping."""
-        refreshed = [False]
-        hits = [0]
+        refreshed = False
+        hits = 0
 
         def attempt() -> requests.Response:
+            nonlocal refreshed, hits
             while True:
                 self._acquire()
                 token = self._token() if auth else None
@@ -270,17 +250,17 @@ class ODataClient:
                     h["Authorization"] = f"Bearer {token}"
                 resp = self._send("GET", url, headers=h)
                 if (resp.status_code in (401, 403) and token and self.tokens.refreshable
-                        and not refreshed[0]):
-                    refreshed[0] = True
+                        and not refreshed):
+                    refreshed = True
                     self.tokens.invalidate(token)
                     log.info("%s: HTTP %s, renewing the access token once", what, resp.status_code)
                     continue
                 if resp.status_code == 429:
-                    hits[0] += 1
-                self._raise_for_status(resp, what, hits[0])
+                    hits += 1
+                self._raise_for_status(resp, what, hits)
                 return resp
 
-        return self._retrying(attempt, what, policy)
+        return call_with_retry(attempt, policy or self.policy, what=what, sleep=self._retry_sleep)
 
     def get_json(self, path_or_url: str, params: dict[str, str] | None = None, *,
                  headers: dict[str, str] | None = None, what: str = "query") -> dict[str, Any]:

@@ -8,12 +8,12 @@ budget, and one failed photo becomes an error object instead of failing the batc
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from mls_sync.limits import RetryPolicy
 from mls_sync.sources.base import PhotoObject, PhotoRef, SourceError
 from mls_sync.sources.reso import odata
 
@@ -71,8 +71,7 @@ class MediaDownloader:
         self.concurrency = max(1, concurrency)
         self.token_as_user_agent = token_as_user_agent
         # A photo is worth fewer attempts than a page: a dead URL should not hold the batch up.
-        self.policy = RetryPolicy(attempts=min(3, client.policy.attempts),
-                                  base_delay=client.policy.base_delay, max_delay=client.policy.max_delay)
+        self.policy = dataclasses.replace(client.policy, attempts=min(3, client.policy.attempts))
 
     def fetch(self, ref: PhotoRef) -> PhotoObject:
         """One photo; any failure is reported on the object, never raised."""

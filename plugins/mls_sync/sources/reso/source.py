@@ -9,9 +9,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from mls_sync.limits import RateLimiter, RetryPolicy
-from mls_sync.sources.base import Page, PhotoObject, PhotoRef, QueryError, SearchCriteria, ServerError, Source
+from mls_sync.sources.base import (
+    Masker,
+    Page,
+    PhotoObject,
+    PhotoRef,
+    QueryError,
+    SearchCriteria,
+    ServerError,
+    Source,
+)
 from mls_sync.sources.reso import odata
-from mls_sync.sources.reso.http import Masker, ODataClient, TokenSource
+from mls_sync.sources.reso.http import ODataClient, TokenSource
 from mls_sync.sources.reso.media import MediaDownloader, media_refs
 from mls_sync.sources.reso.metadata import parse_csdl
 

@@ -44,8 +44,7 @@ def reply_error(code: int, text: str, body: str, transaction: str,
     if 20200 <= code < 20600:
         # Query, object and metadata requests the server refuses: our request is at fault.
         return QueryError(detail, code=code, body=body)
-    exc = ServerError(detail, code=code, body=body)
-    return exc
+    return ServerError(detail, code=code, body=body)
 
 
 def http_error(status: int, reason: str, transaction: str, body: str = "",

@@ -21,7 +21,7 @@ from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 
 from mls_sync.limits import Budget, RateLimiter, RetryPolicy, call_with_retry, retry_after_seconds
-from mls_sync.sources.base import AuthError, ServerError, SourceError
+from mls_sync.sources.base import AuthError, Masker, ServerError, SourceError
 from mls_sync.sources.rets.auth import LoginInfo, normalise_version, parse_login, ua_digest
 from mls_sync.sources.rets.compact import parse_bytes
 from mls_sync.sources.rets.errors import SessionExpired, http_error, reply_error
@@ -81,6 +81,7 @@ class RetsSession:
         self._password = password
         self.user_agent = user_agent
         self._ua_password = ua_password or None
+        self.redact = Masker((password, self._ua_password))
         self.version = normalise_version(version)
         self._auth_mode = auth
         self.request_id = request_id
@@ -104,17 +105,6 @@ class RetsSession:
         http.cookies = RequestsCookieJar()
         return http
 
-    @property
-    def secrets(self) -> list[str]:
-        return [s for s in (self._password, self._ua_password) if s]
-
-    def redact(self, text: str) -> str:
-        # Secrets shorter than 4 characters would garble every message and protect nothing.
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            if len(secret) >= 4:
-                text = text.replace(secret, "***")
-        return text
-
     def _scrub(self, exc: SourceError) -> SourceError:
         exc.args = tuple(self.redact(str(a)) for a in exc.args)
         if exc.body:
@@ -136,7 +126,8 @@ class RetsSession:
                                                    self.session_id(), self.version)
         return h
 
-    def _retry_sleep(self, seconds: float) -> None:
+    def retry_sleep(self, seconds: float) -> None:
+        """The back-off between two attempts, counted in stats (call_with_retry's `sleep`)."""
         self.stats["retries"] += 1
         self._sleep(seconds)
 
@@ -196,7 +187,7 @@ class RetsSession:
     # -- login / logout ------------------------------------------------------------------------
     def login(self) -> LoginInfo:
         """Log in (through the limiter and the retry policy) and read the capability URLs."""
-        return call_with_retry(self._login_once, self.policy, what="RETS Login", sleep=self._retry_sleep)
+        return call_with_retry(self._login_once, self.policy, what="RETS Login", sleep=self.retry_sleep)
 
     def _login_once(self) -> LoginInfo:
         resp = self._send("Login", self.login_url, None, "GET")
@@ -285,7 +276,7 @@ class RetsSession:
                     relogged = True
                     self.relogin()
 
-        return call_with_retry(attempt, self.policy, what=f"RETS {transaction}", sleep=self._retry_sleep)
+        return call_with_retry(attempt, self.policy, what=f"RETS {transaction}", sleep=self.retry_sleep)
 
     def _once(self, transaction: str, params: dict[str, Any], consume: Callable[[requests.Response], T],
               method: str, keep_open: bool) -> T:
@@ -321,4 +312,4 @@ class RetsSession:
                     raise self._scrub(self._status_error(resp, "Download"))
                 return self.read_all(resp), resp.headers.get("Content-Type")
 
-        return call_with_retry(attempt, self.policy, what="photo download", sleep=self._retry_sleep)
+        return call_with_retry(attempt, self.policy, what="photo download", sleep=self.retry_sleep)

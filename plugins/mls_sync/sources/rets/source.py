@@ -11,7 +11,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from mls_sync.limits import RateLimiter, RetryPolicy
+from mls_sync.limits import RateLimiter, RetryPolicy, is_retryable
 from mls_sync.sources.base import (
     Page,
     PhotoObject,
@@ -328,12 +328,11 @@ class RetsSource(Source):
                             yield photo
                 return
             except ServerError as exc:
-                if attempt >= self.session.policy.attempts or getattr(exc, "retryable", True) is False:
+                if attempt >= self.session.policy.attempts or not is_retryable(exc):
                     raise
                 log.warning("GetObject broke mid-reply (%s); asking again, skipping %d objects already delivered",
                             exc, len(done))
-                self.session.stats["retries"] += 1
-                self.session._sleep(self.session.policy.delay(attempt))
+                self.session.retry_sleep(self.session.policy.delay(attempt))
 
     def _download(self, photo: PhotoObject, base_url: str) -> None:
         url = urljoin(base_url, photo.url or "")
