@@ -23,8 +23,7 @@ for _k, _v in airflow_env().items():
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 ADMIN_URL = os.environ.get("MLS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-TABLES = ("properties", "property_media", "property_status_history", "property_conflicts", "mls_sync_status",
-          "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync")
+
 
 
 @pytest.fixture(scope="session")
@@ -85,6 +84,7 @@ def migrated_engine(db_url: str):
 def db(migrated_engine):
     """The migrated test database, emptied before each test that uses it."""
     import sqlalchemy as sa
+    from mls_sync.store.tables import TABLES
 
     with migrated_engine.begin() as c:
         c.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))

@@ -207,6 +207,17 @@ class ProviderConfig(_Strict):
             out.extend((name, x) for x in (t if isinstance(t, list) else [t]))
         return out
 
+    def select_fields(self) -> tuple[str, ...]:
+        """The server fields a sync needs (mapped + roles), when the YAML asks to fetch only those.
+
+        RESO: `reso.select_from_mapping` ($select). RETS servers differ in what Select accepts, so
+        RETS fetches every field. Empty means "all fields".
+        """
+        if self.protocol != "reso" or not (self.reso and self.reso.select_from_mapping):
+            return ()
+        names = [name for name, _ in self.field_items()] + list(self.source_fields.values())
+        return tuple(dict.fromkeys(names))
+
     def roles(self) -> SourceFields:
         return SourceFields(**self.source_fields)
 

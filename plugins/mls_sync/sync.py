@@ -45,7 +45,6 @@ class SyncContext:
     db: Engine
     mls: Connection
     source_factory: Callable[[ProviderConfig, Connection, RateLimiter], Source] = open_source
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def t(self) -> Tables:
@@ -119,12 +118,13 @@ def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: 
 
 
 def criteria_for(provider: ProviderConfig, plan: dict[str, Any]) -> SearchCriteria:
+    select = provider.select_fields()
     if plan["mode"] == "partial":
         return SearchCriteria(listing_keys=tuple(plan["listing_keys"]), postal_codes=tuple(plan["postal_codes"]),
-                              cities=tuple(plan["cities"]), modified_since=_dt(plan.get("since")))
+                              cities=tuple(plan["cities"]), modified_since=_dt(plan.get("since")), select=select)
     if plan["mode"] == "full":
-        return SearchCriteria(statuses=provider.source_statuses(provider.full_sync_statuses))
-    return SearchCriteria(modified_since=_dt(plan["since"]))
+        return SearchCriteria(statuses=provider.source_statuses(provider.full_sync_statuses), select=select)
+    return SearchCriteria(modified_since=_dt(plan["since"]), select=select)
 
 
 # ---------------------------------------------------------------- fetch
@@ -209,11 +209,9 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         tz = _source_time_zone(source)
         requests = request_count(source)
         with ctx.db.begin() as c:
-            h = ctx.t.mls_sync_history
-            state = {"source_time_zone": tz} if tz else {}
-            c.execute(h.update().where(h.c.id == sid).values(
-                fetch_cursor={"done": True}, requests=requests,
-                stage_state=h.c.stage_state.op("||")(sa.cast(state, h.c.stage_state.type))))
+            runs.update_history(c, ctx.t, sid, fetch_cursor={"done": True}, requests=requests)
+            if tz:
+                runs.merge_into(c, ctx.t, sid, "stage_state", {"source_time_zone": tz})
         extra["fetch_resumed"] = resumed
     log.info("fetch: sync %s landed %d records in %d pages (%d without a key)", sid, totals["records"],
              totals["pages"], totals["keyless"])
@@ -228,6 +226,16 @@ def _mapper(ctx: SyncContext, run: dict[str, Any]) -> Mapper:
     return Mapper(ctx.provider, time_zone=tz)
 
 
+@dataclass
+class LoadProgress:
+    """What loading has done so far in this run; `max_modified` becomes the next watermark."""
+
+    max_modified: datetime | None = None
+    processed: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    preview: dict[str, list[str]] | None = None
+
+
 def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | None) -> bool:
     if deleted_flag or rec.get(raw_store.DELETED_MARKER):
         return True
@@ -235,7 +243,7 @@ def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | Non
 
 
 def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
-                 batch: list[tuple[str, dict[str, Any], bool]], acc: dict[str, Any]) -> None:
+                 batch: list[tuple[str, dict[str, Any], bool]], acc: LoadProgress) -> None:
     """Map, validate and write one batch in one transaction (or preview it on a dry run)."""
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     dry = plan["dry_run"]
@@ -256,8 +264,8 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
         if m.warnings:
             warned.append((key, "; ".join(m.warnings), rec))
         mod = m.row.get("mls_modified_at")
-        if mod and (acc["max_modified"] is None or mod > acc["max_modified"]):
-            acc["max_modified"] = mod
+        if mod and (acc.max_modified is None or mod > acc.max_modified):
+            acc.max_modified = mod
     counts: dict[str, int] = {}
     with ctx.db.begin() as c:
         if dry:
@@ -267,7 +275,9 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
             counts = {"added": len(preview["add"]), "updated": len(preview["update"]),
                       "unchanged": len(preview["unchanged"]), "conflicted": len(preview["conflict"]) +
                       gone["conflicted"], "deleted": gone["deleted"], "failed": len(rejected)}
-            sample = acc.setdefault("preview", {"add": [], "update": [], "conflict": [], "delete": []})
+            if acc.preview is None:
+                acc.preview = {"add": [], "update": [], "conflict": [], "delete": []}
+            sample = acc.preview
             for kind, keys in (("add", preview["add"]), ("update", preview["update"]),
                                ("conflict", preview["conflict"]), ("delete", removals)):
                 sample[kind].extend(keys[: max(0, 50 - len(sample[kind]))])
@@ -278,7 +288,6 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
             counts = {"added": len(res.added), "updated": len(res.updated), "unchanged": res.unchanged,
                       "conflicted": res.conflicts + gone["conflicted"], "deleted": gone["deleted"],
                       "failed": len(rejected)}
-            acc["changed_keys"] += len(res.added) + len(res.updated)
             for key, reason, rec in rejected:
                 err_store.record_error(c, t, provider_id=p.provider_id, stage="transform", category="data",
                                        ref=key, message=reason, payload=rec, sync_id=sid,
@@ -294,15 +303,13 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
             err_store.resolve(c, t, p.provider_id, "transform_warning", [k for k in ok_keys if k not in warned_keys])
         runs.add_counts(c, t, sid, counts)
         state = {"transform_after": batch[-1][0]}
-        if acc["max_modified"] is not None:
-            state["max_modified"] = acc["max_modified"].isoformat()
-        h = t.mls_sync_history
-        c.execute(h.update().where(h.c.id == sid).values(
-            stage_state=h.c.stage_state.op("||")(sa.cast(state, h.c.stage_state.type))))
-        acc["processed"] += len(batch)
-        runs.mark_running(c, t, p.provider_id, sid, "transform_load", {"records": acc["processed"]})
+        if acc.max_modified is not None:
+            state["max_modified"] = acc.max_modified.isoformat()
+        runs.merge_into(c, t, sid, "stage_state", state)
+        acc.processed += len(batch)
+        runs.mark_running(c, t, p.provider_id, sid, "transform_load", {"records": acc.processed})
     for k, v in counts.items():
-        acc["counts"][k] = acc["counts"].get(k, 0) + v
+        acc.counts[k] = acc.counts.get(k, 0) + v
 
 
 def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
@@ -311,17 +318,16 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     with ctx.db.connect() as c:
         run = runs.get_run(c, ctx.t, sid)
     state = run.get("stage_state") or {}
-    acc: dict[str, Any] = {"max_modified": _dt(state.get("max_modified")), "processed": 0, "counts": {},
-                           "changed_keys": 0}
+    acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
     mapper = _mapper(ctx, run)
     with _stage(ctx, plan, "transform_load") as extra:
         for batch in raw_store.iter_run(ctx.db, ctx.t, ctx.provider.provider_id, sid,
                                         after_key=state.get("transform_after")):
             load_records(ctx, plan, mapper, batch, acc)
-        if plan["dry_run"] and acc.get("preview"):
-            extra["dry_run_preview"] = acc["preview"]
-    log.info("transform_load: sync %s processed %d records: %s", sid, acc["processed"], acc["counts"])
-    return {"processed": acc["processed"], **acc["counts"]}
+        if plan["dry_run"] and acc.preview:
+            extra["dry_run_preview"] = acc.preview
+    log.info("transform_load: sync %s processed %d records: %s", sid, acc.processed, acc.counts)
+    return {"processed": acc.processed, **acc.counts}
 
 
 # ---------------------------------------------------------------- reconcile
@@ -352,7 +358,7 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     if not missing:
         return out
     mapper = _mapper(ctx, run)
-    acc: dict[str, Any] = {"max_modified": None, "processed": 0, "counts": {}, "changed_keys": 0}
+    acc = LoadProgress()
     with _stage(ctx, plan, "reconcile") as extra, ctx.source() as source:
         found: set[str] = set()
         for i in range(0, len(missing), RECONCILE_KEYS_PER_QUERY):
@@ -373,8 +379,8 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             gone = prop_store.remove_listings(c, t, p.provider_id, vanished, "not in the MLS (full sync)",
                                               p.conflicts.policy, sid, dry_run=plan["dry_run"])
             runs.add_counts(c, t, sid, {"deleted": gone["deleted"], "conflicted": gone["conflicted"]})
-        out.update(deleted=gone["deleted"] + acc["counts"].get("deleted", 0), refreshed=len(found),
-                   conflicted=gone["conflicted"] + acc["counts"].get("conflicted", 0))
+        out.update(deleted=gone["deleted"] + acc.counts.get("deleted", 0), refreshed=len(found),
+                   conflicted=gone["conflicted"] + acc.counts.get("conflicted", 0))
         extra["reconcile"] = out
     log.info("reconcile: sync %s %s", sid, out)
     return out
@@ -437,7 +443,7 @@ def mark_cancelled_if_running(ctx: SyncContext, dag_id: str, dag_run_id: str) ->
 
 # ---------------------------------------------------------------- status poll
 
-def status_poll(ctx: SyncContext, *, dag_id: str | None = None, dag_run_id: str | None = None) -> dict[str, Any]:
+def status_poll(ctx: SyncContext) -> dict[str, Any]:
     """Apply status changes quickly: ask only for key, status and timestamps changed lately."""
     p, t = ctx.provider, ctx.t
     roles = p.roles()
@@ -540,8 +546,7 @@ def overdue_alerts_due(ctx: SyncContext) -> list[str]:
         for row in rows:
             if (row.report or {}).get("overdue_alerted"):
                 continue
-            c.execute(h.update().where(h.c.id == row.id).values(
-                report=h.c.report.op("||")(sa.cast({"overdue_alerted": True}, h.c.report.type))))
+            runs.merge_into(c, ctx.t, row.id, "report", {"overdue_alerted": True})
             minutes = (utcnow() - row.started_at).total_seconds() / 60
             out.append(f"run {row.dag_run_id} has been running {minutes:.0f} min, "
                        f"over the {p.alerts.max_duration_minutes} min limit")

@@ -106,8 +106,7 @@ def alert(cfg: ProviderConfig, event: str, context: dict[str, Any] | None = None
 
 def task_failed(context: dict[str, Any]) -> None:
     """on_failure_callback: runs after the task's last retry."""
-    from mls_sync_airflow.tasks import provider
+    from mls_sync_airflow.tasks import provider, provider_id_of
 
     dag_id = getattr(context.get("dag_run"), "dag_id", "") or ""
-    provider_id = dag_id.split("__", 1)[-1]
-    alert(provider(provider_id), "sync task failed", context)
+    alert(provider(provider_id_of(dag_id)), "sync task failed", context)

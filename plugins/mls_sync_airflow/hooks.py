@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
 from mls_sync.connections import Connection
 from mls_sync.objectstore import ObjectStore, storage_settings, store_from_settings
 from mls_sync.store.db import get_engine
@@ -28,10 +29,8 @@ PROPERTIES_DB_CONN_ID = "mls_properties_db"
 def _optional_connection(conn_id: str) -> Any | None:
     try:
         return BaseHook.get_connection(conn_id)
-    except Exception as exc:  # AirflowNotFoundException; its module moved between versions
-        if type(exc).__name__ == "AirflowNotFoundException" or "isn't defined" in str(exc):
-            return None
-        raise
+    except AirflowNotFoundException:
+        return None
 
 
 class MlsHook(BaseHook):

@@ -31,6 +31,11 @@ def _db(conn_id: str) -> Any:
     return engine
 
 
+def provider_id_of(dag_id: str) -> str:
+    """`mls_sync__<id>` / `mls_status__<id>` -> `<id>` (the factory's naming, in one place)."""
+    return dag_id.split("__", 1)[-1]
+
+
 def context(provider_id: str) -> sync.SyncContext:
     cfg = provider(provider_id)
     return sync.SyncContext(provider=cfg, db=_db(PropertiesStoreHook.default_conn_name),
@@ -93,17 +98,15 @@ def run_failed(ctx: dict[str, Any]) -> None:
     run = ctx.get("dag_run")
     if run is None:
         return
-    provider_id = run.dag_id.split("__", 1)[-1]
-    if sync.mark_cancelled_if_running(context(provider_id), run.dag_id, run.run_id):
+    if sync.mark_cancelled_if_running(context(provider_id_of(run.dag_id)), run.dag_id, run.run_id):
         log.info("run %s of %s marked cancelled; watermark unchanged", run.run_id, run.dag_id)
 
 
 def status_poll(provider_id: str, ctx: dict[str, Any]) -> dict[str, Any]:
     from mls_sync_airflow import callbacks
 
-    run = ctx["dag_run"]
     sctx = context(provider_id)
-    result = sync.status_poll(sctx, dag_id=run.dag_id, dag_run_id=run.run_id)
+    result = sync.status_poll(sctx)
     alerts = [("stale", sync.stale_alert_due(sctx))] + [("duration", m) for m in sync.overdue_alerts_due(sctx)]
     for category, message in alerts:
         if message:

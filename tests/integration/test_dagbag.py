@@ -32,7 +32,7 @@ def test_no_import_errors_and_production_defaults() -> None:
     providers = sorted(p.stem for p in MAPPINGS.glob("*.yaml"))
     for pid in providers:
         assert f"mls_sync__{pid}" in bag.dags and f"mls_status__{pid}" in bag.dags
-    assert "mls_media_maintenance" in bag.dags or not (ROOT / "dags" / "mls_media_maintenance.py").exists()
+    assert "mls_media_maintenance" in bag.dags
     for dag_id, dag in bag.dags.items():
         assert dag.tags, dag_id
         assert dag.catchup is False, dag_id

@@ -96,3 +96,11 @@ def test_each_task_gets_its_share_of_the_provider_budget() -> None:
     assert half.per_second == whole.per_second / 2
     assert half.per_hour == whole.per_hour // 2 and half.per_day == whole.per_day // 2
     assert half.bytes_per_hour == whole.bytes_per_hour // 2
+
+
+def test_reso_selects_only_mapped_and_role_fields() -> None:
+    reso = find_provider("demo_reso", MAPPINGS)
+    select = reso.select_fields()
+    assert {"ListingKey", "ModificationTimestamp", "ListPrice", "PhotosChangeTimestamp"} <= set(select)
+    assert "ListAgentEmail" not in select and len(select) == len(set(select))
+    assert find_provider("demo_rets", MAPPINGS).select_fields() == ()  # RETS fetches every field

@@ -42,7 +42,6 @@ class UpsertResult:
     updated: list[str] = field(default_factory=list)
     unchanged: int = 0
     conflicts: int = 0
-    max_modified: datetime | None = None
 
 
 @dataclass
@@ -121,9 +120,6 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
         values = {c: row.get(c) for c in MAPPABLE_COLUMNS}
         values.update(provider_id=provider_id, row_hash=h, is_active=row.get("status") in ACTIVE_STATUSES,
                       first_sync_id=sync_id, last_sync_id=sync_id)
-        mod = row.get("mls_modified_at")
-        if mod and (res.max_modified is None or mod > res.max_modified):
-            res.max_modified = mod
         if row["listing_key"] in edited:
             new_edits, conflict = _resolve_edits(values, edited[row["listing_key"]], policy)
             values["local_edits"] = new_edits

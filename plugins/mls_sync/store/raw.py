@@ -54,9 +54,3 @@ def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_ke
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
         for part in result.partitions(batch):
             yield [(k, p, d) for k, p, d in part]
-
-
-def keys_seen(conn: Connection, t: Tables, provider_id: str, sync_id: int) -> set[str]:
-    r = t.mls_raw_records
-    return set(conn.execute(sa.select(r.c.listing_key).where(
-        r.c.provider_id == provider_id, r.c.sync_id == sync_id)).scalars())

@@ -73,16 +73,18 @@ def add_counts(conn: Connection, t: Tables, sync_id: int, counts: dict[str, int]
         conn.execute(h.update().where(h.c.id == sync_id).values(values))
 
 
+def merge_into(conn: Connection, t: Tables, sync_id: int, column: str, patch: dict[str, Any]) -> None:
+    """Shallow-merge `patch` into one of the run's jsonb columns (stage_state, report, ...)."""
+    h = t.mls_sync_history
+    col = h.c[column]
+    conn.execute(h.update().where(h.c.id == sync_id).values({column: col.op("||")(sa.cast(patch, col.type))}))
+
+
 def record_stage(conn: Connection, t: Tables, sync_id: int, stage: str, seconds: float,
                  extra: dict[str, Any] | None = None) -> None:
-    h = t.mls_sync_history
-    patch: dict[str, Any] = {stage: round(seconds, 3)}
-    stmt = h.update().where(h.c.id == sync_id).values(
-        stage_timings=h.c.stage_timings.op("||")(sa.cast(patch, h.c.stage_timings.type)))
-    conn.execute(stmt)
+    merge_into(conn, t, sync_id, "stage_timings", {stage: round(seconds, 3)})
     if extra:
-        conn.execute(h.update().where(h.c.id == sync_id).values(
-            report=h.c.report.op("||")(sa.cast(extra, h.c.report.type))))
+        merge_into(conn, t, sync_id, "report", extra)
 
 
 def get_run(conn: Connection, t: Tables, sync_id: int) -> dict[str, Any]:
