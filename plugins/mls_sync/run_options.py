@@ -26,7 +26,7 @@ def _clean_list(values: Any, pattern: str, what: str) -> tuple[str, ...]:
     if values in (None, "", []):
         return ()
     if isinstance(values, str):
-        values = [v for v in re.split(r"[,\n]", values)]
+        values = re.split(r"[,\n]", values)
     out = []
     for v in values:
         v = str(v).strip()

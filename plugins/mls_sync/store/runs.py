@@ -66,7 +66,8 @@ def update_history(conn: Connection, t: Tables, sync_id: int, **values: Any) -> 
 
 
 def add_counts(conn: Connection, t: Tables, sync_id: int, counts: dict[str, int]) -> None:
-    """Add to the run's counters (a retried stage first subtracts what it had added)."""
+    """Add to the run's counters. Stages add per committed batch and resume after the last one,
+    so a retried stage does not count a batch twice."""
     h = t.mls_sync_history
     values = {k: getattr(h.c, k) + int(v) for k, v in counts.items() if k in COUNT_COLUMNS and v}
     if values:
