@@ -11,6 +11,7 @@ import threading
 import time
 from collections import Counter, deque
 from dataclasses import asdict, dataclass, fields
+from itertools import takewhile
 from typing import Any
 
 from .data import COLUMNS, MEDIA_INSERT, Generator, Store
@@ -180,7 +181,7 @@ class Counters:
         self.reset()
 
     def reset(self) -> None:
-        with getattr(self, "_lock", threading.Lock()):
+        with self._lock:
             self.requests: Counter[str] = Counter()
             self.values: Counter[str] = Counter()
             self.faults: Counter[str] = Counter()
@@ -221,9 +222,10 @@ class RateLimiter:
             while self._times and self._times[0] <= now - 3600:
                 self._times.popleft()
             if per_second is not None:
-                recent = [t for t in self._times if t > now - 1]
+                # newest first, stopping at the first stamp older than a second: O(budget), not O(hour)
+                recent = list(takewhile(lambda t: t > now - 1, reversed(self._times)))
                 if len(recent) >= per_second:
-                    return max(0.001, recent[0] + 1 - now)
+                    return max(0.001, recent[-1] + 1 - now)
             if per_hour is not None and len(self._times) >= per_hour:
                 return max(1.0, self._times[-per_hour] + 3600 - now)
             self._times.append(now)

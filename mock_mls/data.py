@@ -152,9 +152,9 @@ class Generator:
         picked = rng.sample(codes, rng.randint(lo, hi))
         return ",".join(sorted(picked, key=codes.index))
 
-    def media(self, key: str, count: int, modified_ms: int, start: int = 0) -> list[tuple[Any, ...]]:
+    def media(self, key: str, count: int, modified_ms: int) -> list[tuple[Any, ...]]:
         """Photo rows for one listing; shape (size, portrait, EXIF) is a pure function of the key."""
-        return [self.media_row(key, order, 1, modified_ms) for order in range(start, start + count)]
+        return [self.media_row(key, order, 1, modified_ms) for order in range(count)]
 
     def media_row(self, key: str, order: int, version: int, modified_ms: int) -> tuple[Any, ...]:
         rng = random.Random(f"{self.seed}:{key}:{order}:{version}")
@@ -278,8 +278,7 @@ class Store:
             )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
-        cur = self.conn().execute(sql, params)
-        return cur
+        return self.conn().execute(sql, params)
 
     def listing(self, key: str) -> dict[str, Any] | None:
         cur = self.query("SELECT * FROM listings WHERE ListingKey = ?", (key,))

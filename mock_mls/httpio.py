@@ -57,7 +57,6 @@ class Response:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes | Iterable[bytes] = b""
     kind: str = ""  # xml / json / jpeg / multipart: which body faults apply
-    endpoint: str = ""  # counter name when it differs from the request's
 
     def header(self, name: str, value: str) -> Response:
         self.headers.append((name, value))
@@ -75,9 +74,9 @@ def xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
-def xml_response(body: str | Iterable[bytes], status: int = 200, **kw: Any) -> Response:
+def xml_response(body: str | Iterable[bytes], status: int = 200) -> Response:
     data = body.encode("utf-8") if isinstance(body, str) else body
-    return Response(status, [("Content-Type", "text/xml; charset=utf-8")], data, "xml", **kw)
+    return Response(status, [("Content-Type", "text/xml; charset=utf-8")], data, "xml")
 
 
 def json_response(payload: Any, status: int = 200) -> Response:

@@ -11,6 +11,7 @@ import contextlib
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
@@ -232,6 +233,7 @@ class Reso:
         return {n: full[n] for n in names}
 
 
+@cache
 def csdl() -> str:
     """The $metadata document: one entity type per set, lookups as plain strings."""
     def props(items: Iterator[tuple[str, str]]) -> str:

@@ -33,6 +33,8 @@ TABLE_COLUMNS = ("MetadataEntryID", "SystemName", "StandardName", "LongName", "D
                  "Maximum", "Default", "Required", "SearchHelpID", "Unique")
 SESSION_COOKIE = "RETS-Session-ID"
 OK = 'ReplyCode="0" ReplyText="Operation Successful"'
+# StandardNames=1: a field answers to its RETS StandardName and to its RESO name
+BY_STANDARD: dict[str, Field] = {name: f for f in RETS_FIELDS for name in (f.reso, f.rets_standard_name)}
 
 
 @dataclass
@@ -253,7 +255,7 @@ class Rets:
         if fmt == "STANDARD-XML":
             block = f"<METADATA>\n{block}</METADATA>\n"
         body = f'<?xml version="1.0" encoding="UTF-8"?>\n<RETS {OK}>\n{block}</RETS>\n'
-        return xml_response(body, endpoint="rets:getmetadata")
+        return xml_response(body)
 
     @staticmethod
     def _table_row(f: Field) -> list[str]:
@@ -265,17 +267,6 @@ class Rets:
                 "", "", "", "1" if f.reso == "ListingKey" else "0", "", "1" if f.reso == "ListingKey" else "0"]
 
     # --- Search ---------------------------------------------------------------------------------
-    def _resolver(self, standard: bool) -> Any:
-        def resolve(name: str) -> Field | None:
-            if standard:
-                for f in RETS_FIELDS:
-                    if name in (f.rets_standard_name, f.reso):
-                        return f
-                return None
-            return BY_SYSTEM.get(name)
-
-        return resolve
-
     def search(self, req: Request) -> Response:
         s = self.app.settings
         if (req.param("SearchType") or "Property") != "Property":
@@ -289,7 +280,7 @@ class Rets:
         if query_type not in ("DMQL2", "DMQL"):
             return reply(20203, f"QueryType {query_type} is not supported")
         standard = req.param("StandardNames", "0") == "1"
-        resolve = self._resolver(standard)
+        resolve = (BY_STANDARD if standard else BY_SYSTEM).get
         tz = fixed_zone(s.timezone_offset)
         try:
             where, params = Translator(resolve, tz, datetime.fromtimestamp(self.app.clock.now(), tz)).translate(
@@ -316,11 +307,10 @@ class Rets:
         total = None
         if count_mode in ("1", "2"):
             total = self.app.store.query(f"SELECT COUNT(*) FROM listings WHERE {sql_where}", params).fetchone()[0]
-            if total == 0 or count_mode == "2":
-                if total == 0:
-                    return reply(20201, "No Records Found")
-                return xml_response(f"<RETS {OK}>\n"
-                                    f'<COUNT Records="{total}" />\n</RETS>\n')
+            if total == 0:
+                return reply(20201, "No Records Found")
+            if count_mode == "2":
+                return xml_response(f'<RETS {OK}>\n<COUNT Records="{total}" />\n</RETS>\n')
         page = min(x for x in (limit, s.row_cap, 10**12) if x is not None)
         cols = ", ".join(f'"{f.reso}"' for f in fields_)
         cur = self.app.store.query(

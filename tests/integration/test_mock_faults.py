@@ -3,37 +3,22 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
 import pytest
 import requests
 from lxml import etree
 from PIL import Image
-from requests.auth import HTTPDigestAuth
 
 from mock_mls import MockMLS
+from tests.integration.mock_fixtures import mock_mls_fixtures, rets_login
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def mls() -> Iterator[MockMLS]:
-    with MockMLS(listings=300, seed=5, photos_per_listing=2, control=True, row_cap=100) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _clean(mls: MockMLS) -> Iterator[None]:
-    yield
-    mls.reset()
+mls, _clean = mock_mls_fixtures(listings=300, seed=5, photos_per_listing=2, control=True, row_cap=100)
 
 
 @pytest.fixture
 def rets_session(mls: MockMLS) -> requests.Session:
-    s = requests.Session()
-    s.auth = HTTPDigestAuth("mockuser", "mockpass")
-    assert s.get(mls.rets_login_url, timeout=10).status_code == 200
-    return s
+    return rets_login(mls)
 
 
 def search(s: requests.Session, mls: MockMLS, **extra: str) -> requests.Response:

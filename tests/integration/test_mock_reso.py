@@ -3,27 +3,16 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
 from mock_mls import MockMLS
+from tests.integration.mock_fixtures import mock_mls_fixtures
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def mls() -> Iterator[MockMLS]:
-    with MockMLS(listings=2000, seed=7, photos_per_listing=2, max_page_size=500) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _clean(mls: MockMLS) -> Iterator[None]:
-    yield
-    mls.reset()
+mls, _clean = mock_mls_fixtures(listings=2000, seed=7, photos_per_listing=2, max_page_size=500)
 
 
 def token(mls: MockMLS) -> dict[str, str]:

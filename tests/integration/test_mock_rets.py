@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -13,30 +12,10 @@ from PIL import Image
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from mock_mls import MockMLS
+from tests.integration.mock_fixtures import mock_mls_fixtures, rets_login
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def mls() -> Iterator[MockMLS]:
-    with MockMLS(listings=1500, seed=7, photos_per_listing=3, row_cap=500) as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _clean(mls: MockMLS) -> Iterator[None]:
-    yield
-    mls.reset()
-
-
-def login(mls: MockMLS, headers: dict[str, str] | None = None) -> requests.Session:
-    s = requests.Session()
-    s.auth = HTTPDigestAuth(mls.credentials["username"], mls.credentials["password"])
-    s.headers.update(headers or {})
-    r = s.get(mls.rets_login_url)
-    assert r.status_code == 200, r.text
-    assert "RETS-Session-ID" in s.cookies
-    return s
+mls, _clean = mock_mls_fixtures(listings=1500, seed=7, photos_per_listing=3, row_cap=500)
 
 
 def search(s: requests.Session, mls: MockMLS, **params: str) -> requests.Response:
@@ -70,7 +49,7 @@ def test_pypi_rets_client_logs_in_searches_decoded_and_fetches_photos(mls: MockM
 
 
 def test_login_capabilities_mix_relative_and_absolute_urls(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     r = s.get(mls.rets_login_url)
     assert r.headers["RETS-Version"] == "RETS/1.7.2"
     assert "Search=/rets/search" in r.text and f"GetMetadata={mls.url}/rets/getmetadata" in r.text
@@ -96,7 +75,7 @@ def test_ua_authorization_required(mls: MockMLS) -> None:
     mls.configure(require_ua_auth=True)
     ua = mls.credentials["user_agent"]
     headers = {"User-Agent": ua, "RETS-Version": "RETS/1.7.2", "RETS-UA-Authorization": ua_header(mls, "")}
-    s = login(mls, headers)
+    s = rets_login(mls, headers)
     sid = s.cookies["RETS-Session-ID"]
     assert search(s, mls, Limit="1").status_code == 401  # still the pre-login digest
     s.headers["RETS-UA-Authorization"] = ua_header(mls, sid)
@@ -107,7 +86,7 @@ def test_ua_authorization_required(mls: MockMLS) -> None:
 
 
 def test_compact_shape_count_limit_offset_and_maxrows(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     r = search(s, mls, Count="1", Select="LIST_1,LIST_15,LIST_87", Limit="NONE")
     text = r.text
     assert '<DELIMITER value="09" />' in text and "<COLUMNS>\tLIST_1\tLIST_15\tLIST_87\t</COLUMNS>" in text
@@ -128,7 +107,7 @@ def test_compact_shape_count_limit_offset_and_maxrows(mls: MockMLS) -> None:
 
 
 def test_offset_modes(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     page = search(s, mls, Select="LIST_1", Limit="5", Offset="6").text
     mls.configure(offset_mode="ignore")
     assert search(s, mls, Select="LIST_1", Limit="5", Offset="6").text == search(
@@ -138,16 +117,25 @@ def test_offset_modes(mls: MockMLS) -> None:
 
 
 def test_bad_queries_get_rets_errors(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     assert 'ReplyCode="20203"' in search(s, mls, Query="(NOPE=1)").text
     assert 'ReplyCode="20206"' in search(s, mls, Query="LIST_22=1").text
     assert 'ReplyCode="20202"' in search(s, mls, Select="LIST_1,NOPE").text
-    assert s.get(f"{mls.url}/rets/search", params={"Query": "(LIST_1=1*)", "SearchType": "Property",
-                                                     "Class": "RE_1", "Limit": "1"}).status_code == 200
+    by_get = s.get(f"{mls.url}/rets/search", params={"Query": "(LIST_1=2*)", "SearchType": "Property",
+                                                       "Class": "RE_1", "Limit": "1"})
+    assert 'ReplyCode="0"' in by_get.text and by_get.text.count("<DATA>") == 1
+
+
+def test_standard_names_in_query_select_and_columns(mls: MockMLS) -> None:
+    s = rets_login(mls)
+    text = search(s, mls, StandardNames="1", Query="(MlsStatus=|ACT),(PhotoModificationTimestamp=2000-01-01+)",
+                  Select="ListingKey,PhotosChangeTimestamp", Limit="2").text
+    assert "<COLUMNS>\tListingKey\tPhotoModificationTimestamp\t</COLUMNS>" in text and text.count("<DATA>") == 2
+    assert 'ReplyCode="20202"' in search(s, mls, StandardNames="1", Query="(ListPrice=0+)", Select="LIST_1").text
 
 
 def test_metadata_compact_and_standard_xml(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     url = f"{mls.url}/rets/getmetadata"
     table = s.get(url, params={"Type": "METADATA-TABLE", "ID": "Property:RE_1", "Format": "COMPACT"}).text
     assert "<COLUMNS>\tMetadataEntryID\tSystemName\tStandardName" in table
@@ -163,7 +151,7 @@ def test_metadata_compact_and_standard_xml(mls: MockMLS) -> None:
 
 
 def test_getobject_multipart_single_location_and_missing(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     k1, k2 = mls.all_keys()[:2]
     url = f"{mls.url}/rets/getobject"
     multi = s.get(url, params={"Resource": "Property", "Type": "Photo", "ID": f"{k1}:*,{k2}:*"})
@@ -183,13 +171,13 @@ def test_getobject_multipart_single_location_and_missing(mls: MockMLS) -> None:
 
 def test_session_idle_expiry_then_relogin(mls: MockMLS) -> None:
     mls.configure(session_idle_seconds=60)
-    s = login(mls)
+    s = rets_login(mls)
     assert search(s, mls, Limit="1").status_code == 200
     mls.advance_clock(120)
     r = search(s, mls, Limit="1")
     assert r.status_code == 200 and 'ReplyCode="20037"' in r.text
     mls.configure(expired_session_reply="401")
-    s = login(mls)
+    s = rets_login(mls)
     mls.advance_clock(120)
     assert search(s, mls, Limit="1").status_code == 401
     assert s.get(mls.rets_login_url).status_code == 200
@@ -197,7 +185,7 @@ def test_session_idle_expiry_then_relogin(mls: MockMLS) -> None:
 
 
 def test_mutations_show_up_in_rets(mls: MockMLS) -> None:
-    s = login(mls)
+    s = rets_login(mls)
     changed = mls.mutate(status=3, remove=2)
     for key in changed["status"]:
         text = search(s, mls, Query=f"(LIST_1={key})", Select="LIST_15", Format="COMPACT-DECODED").text

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -97,4 +96,3 @@ def test_photo_cache_is_bounded() -> None:
     for order in range(4):
         cache.get("k", order, 1, 64, 48, 0)
     assert len(cache._items) == 2
-    assert random.Random(1).random() == random.Random(1).random()
