@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from mls_sync.store.tables import TABLES
 
 from devstack import airflow_env, control, embedded_postgres, mls_connections, mock_mls_process, pg_reachable
 
 ADMIN_URL = os.environ.get("MLS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 DATA_TABLES = ("properties", "property_media", "property_status_history", "property_conflicts")
-ALL_TABLES = (*DATA_TABLES, "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records")
 
 
 @contextmanager
@@ -71,7 +71,7 @@ def engine(url: str) -> Any:
 def truncate(url: str) -> None:
     """Empty every store table (a fresh full sync starts from nothing)."""
     with engine(url).begin() as c:
-        c.execute(sa.text(f"TRUNCATE {', '.join(ALL_TABLES)} RESTART IDENTITY CASCADE"))
+        c.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
 
 
 @contextmanager

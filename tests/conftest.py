@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from devstack import ROOT, airflow_env, pg_reachable
+from devstack import ROOT, airflow_env, embedded_postgres, pg_reachable
 
 # Airflow reads its settings at import: set them before anything imports airflow.
 for _k, _v in airflow_env().items():
@@ -31,44 +31,25 @@ def pg_admin_url() -> Iterator[str]:
     if pg_reachable(ADMIN_URL):
         yield ADMIN_URL
         return
-    import pgserver
-
-    tmp = tempfile.mkdtemp(prefix="mls_test_pg_")
-    server = pgserver.get_server(tmp, cleanup_mode="stop")
+    tmp = Path(tempfile.mkdtemp(prefix="mls_test_pg_"))
     try:
-        yield server.get_uri()
+        with embedded_postgres(tmp) as url:
+            yield url
     finally:
-        server.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _with_db(url: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
 @pytest.fixture(scope="session")
 def db_url(pg_admin_url: str) -> Iterator[str]:
-    """A fresh database for this test session, dropped at the end."""
-    import psycopg2
+    """A fresh database for this test session, dropped (WITH FORCE) at the end."""
+    from mls_sync.store import db as dbmod
+
+    from devstack.topology import databases, with_db
 
     name = f"mls_test_{uuid.uuid4().hex[:10]}"
-    admin = psycopg2.connect(pg_admin_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    url = _with_db(pg_admin_url, name)
-    try:
-        yield url
-    finally:
-        from mls_sync.store import db as dbmod
-
+    with databases(pg_admin_url, name):
+        yield with_db(pg_admin_url, name)
         dbmod._engine_for.cache_clear()
-        with admin.cursor() as cur:  # FORCE ends the pooled connections still open
-
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        admin.close()
 
 
 @pytest.fixture(scope="session")
