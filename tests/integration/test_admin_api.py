@@ -94,7 +94,7 @@ def airflow_api_server(db_url: str) -> Iterator[Stack]:
 
 
 def reset_properties_db(engine: sa.Engine) -> None:
-    from tests.conftest import TABLES
+    from mls_sync.store.tables import TABLES
 
     with engine.begin() as c:
         c.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
