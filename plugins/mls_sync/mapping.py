@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +17,8 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
 
 from mls_sync.columns import ACTIVE_STATUSES, STANDARD_STATUSES
 from mls_sync.config import FieldTarget, ProviderConfig
@@ -193,10 +194,12 @@ class Mapped:
     warnings: list[str] = field(default_factory=list)
 
 
+_HASH_ENCODER = msgspec.json.Encoder(decimal_format="string", order="sorted")
+
+
 def row_hash(row: dict[str, Any]) -> str:
     """Stable content hash of the MLS-side values; equal hash means nothing to write."""
-    blob = json.dumps(row, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.md5(blob.encode(), usedforsecurity=False).hexdigest()
+    return hashlib.md5(_HASH_ENCODER.encode(row), usedforsecurity=False).hexdigest()
 
 
 class Mapper:
@@ -208,22 +211,30 @@ class Mapper:
         self.status_map = dict(provider.status_map)
         self._plan = [(name, t, NORMALIZERS[t.type]) for name, t in provider.field_items()]
         self.columns = [t.column for _, t, _ in self._plan]
+        # (field, column, normalizer or None for plain strings, target, required): map() runs per record
+        self._steps = [(name, t.column, None if fn is n_string else fn, t, t.required) for name, t, fn in self._plan]
 
     def map(self, record: dict[str, Any]) -> Mapped:
         row: dict[str, Any] = {}
         warnings: list[str] = []
-        for name, target, fn in self._plan:
-            raw = record.get(name)
-            try:
-                value = fn(raw, target, self)
-            except ValueProblem as exc:
-                if target.required:
-                    return Mapped(None, rejected=f"required field {name} ({target.column}): {exc}")
-                warnings.append(f"field {name} ({target.column}): {exc}; stored as NULL")
+        get = record.get
+        for name, column, fn, target, required in self._steps:
+            raw = get(name)
+            if raw is None or raw == "":  # every normalizer maps these to NULL
                 value = None
-            if value is None and target.required:
-                return Mapped(None, rejected=f"required field {name} ({target.column}) is missing or empty")
-            row[target.column] = value
+            elif fn is None and type(raw) is str:
+                value = raw.strip() or None
+            else:
+                try:
+                    value = (fn or n_string)(raw, target, self)
+                except ValueProblem as exc:
+                    if required:
+                        return Mapped(None, rejected=f"required field {name} ({column}): {exc}")
+                    warnings.append(f"field {name} ({column}): {exc}; stored as NULL")
+                    value = None
+            if value is None and required:
+                return Mapped(None, rejected=f"required field {name} ({column}) is missing or empty")
+            row[column] = value
         if "status" not in row and "mls_status" in row:
             row["status"] = self.status_map.get(row["mls_status"] or "")
         return Mapped(row, row_hash(row), warnings=warnings)

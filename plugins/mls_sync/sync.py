@@ -24,6 +24,7 @@ from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
 from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
+from mls_sync.pipeline import Writer, prefetched
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import SearchCriteria, Source
@@ -195,8 +196,10 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             criteria = criteria_for(p, plan)
             if resumed:
                 log.info("fetch: resuming sync %s after page %s (cursor %s)", sid, totals["pages"], cursor)
-            for page in source.pages(criteria, resume_from=cursor or None):
-                _land_page(ctx, plan, page.records, page.cursor, page.number, totals)
+            # the next page downloads and parses while this one is landed (checkpoints stay in order)
+            with prefetched(source.pages(criteria, resume_from=cursor or None), name="fetch-pages") as pages:
+                for page in pages:
+                    _land_page(ctx, plan, page.records, page.cursor, page.number, totals)
             retry_keys: list[str] = []
             if plan["mode"] != "partial":
                 with ctx.db.connect() as c:
@@ -234,6 +237,9 @@ class LoadProgress:
     processed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     preview: dict[str, list[str]] | None = None
+    # error stages open when the load began; a record appears once per run, so errors this run
+    # records never need resolving later in it
+    open_error_stages: set[str] | None = None
 
 
 def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | None) -> bool:
@@ -242,33 +248,48 @@ def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | Non
     return bool(status_field and rec.get(status_field) == "Delete")
 
 
-def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
-                 batch: list[tuple[str, dict[str, Any], bool]], acc: LoadProgress) -> None:
-    """Map, validate and write one batch in one transaction (or preview it on a dry run)."""
-    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
-    dry = plan["dry_run"]
-    good: list[tuple[dict[str, Any], str]] = []
-    removals: list[str] = []
-    rejected: list[tuple[str, str, dict[str, Any]]] = []
-    warned: list[tuple[str, str, dict[str, Any]]] = []
-    status_field = p.roles().status
+@dataclass
+class MappedBatch:
+    """One batch of landed records, mapped and sorted into what to write."""
+
+    last_key: str
+    good: list[tuple[dict[str, Any], str]] = field(default_factory=list)
+    removals: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    warned: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
+    max_modified: datetime | None = None
+
+
+def map_batch(ctx: SyncContext, mapper: Mapper, batch: list[tuple[str, dict[str, Any], bool]]) -> MappedBatch:
+    """Map and validate one batch (pure Python: no database)."""
+    out = MappedBatch(last_key=batch[-1][0])
+    status_field = ctx.provider.roles().status
     for key, rec, deleted in batch:
         if _is_removal(rec, deleted, status_field):
-            removals.append(key)
+            out.removals.append(key)
             continue
         m = mapper.map(rec)
         if m.row is None:
-            rejected.append((key, m.rejected or "rejected", rec))
+            out.rejected.append((key, m.rejected or "rejected", rec))
             continue
-        good.append((m.row, m.row_hash or ""))
+        out.good.append((m.row, m.row_hash or ""))
         if m.warnings:
-            warned.append((key, "; ".join(m.warnings), rec))
+            out.warned.append((key, "; ".join(m.warnings), rec))
         mod = m.row.get("mls_modified_at")
-        if mod and (acc.max_modified is None or mod > acc.max_modified):
-            acc.max_modified = mod
+        if mod and (out.max_modified is None or mod > out.max_modified):
+            out.max_modified = mod
+    return out
+
+
+def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: LoadProgress) -> None:
+    """Write one mapped batch and its checkpoint in one transaction (or preview it on a dry run)."""
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    good, removals, rejected, warned = mb.good, mb.removals, mb.rejected, mb.warned
+    if mb.max_modified is not None and (acc.max_modified is None or mb.max_modified > acc.max_modified):
+        acc.max_modified = mb.max_modified
     counts: dict[str, int] = {}
     with ctx.db.begin() as c:
-        if dry:
+        if plan["dry_run"]:
             preview = prop_store.preview_rows(c, t, p.provider_id, good)
             gone = prop_store.remove_listings(c, t, p.provider_id, removals, "removed by the MLS",
                                               p.conflicts.policy, sid, dry_run=True)
@@ -297,19 +318,30 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
                 err_store.record_error(c, t, provider_id=p.provider_id, stage="transform_warning",
                                        category="data", ref=key, message=reason, payload=rec, sync_id=sid,
                                        max_attempts=1)
+            if acc.open_error_stages is None:
+                acc.open_error_stages = err_store.open_stages(c, t, p.provider_id)
             ok_keys = [r["listing_key"] for r, _ in good]
-            err_store.resolve(c, t, p.provider_id, "transform", ok_keys)
-            warned_keys = {k for k, _, _ in warned}
-            err_store.resolve(c, t, p.provider_id, "transform_warning", [k for k in ok_keys if k not in warned_keys])
+            if "transform" in acc.open_error_stages:
+                err_store.resolve(c, t, p.provider_id, "transform", ok_keys)
+            if "transform_warning" in acc.open_error_stages:
+                warned_keys = {k for k, _, _ in warned}
+                err_store.resolve(c, t, p.provider_id, "transform_warning",
+                                  [k for k in ok_keys if k not in warned_keys])
         runs.add_counts(c, t, sid, counts)
-        state = {"transform_after": batch[-1][0]}
+        state = {"transform_after": mb.last_key}
         if acc.max_modified is not None:
             state["max_modified"] = acc.max_modified.isoformat()
         runs.merge_into(c, t, sid, "stage_state", state)
-        acc.processed += len(batch)
+        acc.processed += len(good) + len(removals) + len(rejected)
         runs.mark_running(c, t, p.provider_id, sid, "transform_load", {"records": acc.processed})
     for k, v in counts.items():
         acc.counts[k] = acc.counts.get(k, 0) + v
+
+
+def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
+                 batch: list[tuple[str, dict[str, Any], bool]], acc: LoadProgress) -> None:
+    """Map, validate and write one batch in one transaction."""
+    write_batch(ctx, plan, map_batch(ctx, mapper, batch), acc)
 
 
 def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
@@ -320,10 +352,12 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     state = run.get("stage_state") or {}
     acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
     mapper = _mapper(ctx, run)
-    with _stage(ctx, plan, "transform_load") as extra:
+    with _stage(ctx, plan, "transform_load") as extra, Writer("transform-write") as writer:
+        # PostgreSQL writes batch N while this thread reads and maps batch N+1; checkpoints stay in order.
         for batch in raw_store.iter_run(ctx.db, ctx.t, ctx.provider.provider_id, sid,
                                         after_key=state.get("transform_after")):
-            load_records(ctx, plan, mapper, batch, acc)
+            writer.submit(write_batch, ctx, plan, map_batch(ctx, mapper, batch), acc)
+        writer.wait()
         if plan["dry_run"] and acc.preview:
             extra["dry_run_preview"] = acc.preview
     log.info("transform_load: sync %s processed %d records: %s", sid, acc.processed, acc.counts)
@@ -346,7 +380,10 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     with ctx.db.begin() as c:
         # A full sync has just (re)written most of both tables; without fresh statistics the
         # planner picks a nested-loop anti-join that is quadratic in listings (minutes at 100k).
-        c.exec_driver_sql("ANALYZE properties, mls_raw_records")
+        # Only the columns this query filters and joins on: a whole-table ANALYZE also samples
+        # remarks, arrays and raw payloads, which cost more than the query itself.
+        c.exec_driver_sql("ANALYZE properties (provider_id, listing_key, deleted_at, is_active), "
+                          "mls_raw_records (provider_id, listing_key, sync_id)")
     with ctx.db.connect() as c:
         missing = list(c.execute(sa.select(pr.c.listing_key).select_from(
             pr.outerjoin(rr, sa.and_(rr.c.provider_id == pr.c.provider_id, rr.c.listing_key == pr.c.listing_key,

@@ -90,3 +90,21 @@ def test_bad_database_url_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MLS_DATABASE_URL", "not a url at all")
     with pytest.raises(DatabaseConfigError, match="not a valid database URL"):
         get_engine()
+
+
+def test_raw_payloads_become_json_and_keep_their_records(empty_db: sa.Engine, tmp_path) -> None:
+    """A database made before 003 (payload jsonb, with rows) is converted in place; nothing is lost."""
+    older = [p for p in migration_files() if p.name < "003"]
+    for p in older:
+        (tmp_path / p.name).write_text(p.read_text(encoding="utf-8"), encoding="utf-8")
+    migrate(empty_db, sql_dir=tmp_path)
+    with empty_db.begin() as c:
+        c.execute(sa.text("INSERT INTO mls_raw_records (provider_id, listing_key, sync_id, payload) "
+                          "VALUES ('p', 'K1', 1, '{\"ListPrice\": 1.50, \"Remarks\": \"é\"}'::jsonb)"))
+    assert "003_raw_json.sql" in migrate(empty_db)
+    with empty_db.connect() as c:
+        kind = c.execute(sa.text("SELECT data_type FROM information_schema.columns WHERE "
+                                 "table_name = 'mls_raw_records' AND column_name = 'payload'")).scalar_one()
+        payload = c.execute(sa.text("SELECT payload FROM mls_raw_records")).scalar_one()
+    assert kind == "json"
+    assert payload == {"ListPrice": 1.5, "Remarks": "é"}

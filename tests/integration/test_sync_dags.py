@@ -253,7 +253,8 @@ def test_engine_rejects_bad_records_into_errors(mls, db) -> None:
     plan = sync.plan(ctx, dag_id="t", dag_run_id="bad", conf=NO_PHOTOS)
     sync.fetch(ctx, plan)
     with db.begin() as c:
-        c.execute(sa.text("UPDATE mls_raw_records SET payload = payload || '{\"ModificationTimestamp\": \"soon\"}'"
+        c.execute(sa.text("UPDATE mls_raw_records"
+                          " SET payload = (payload::jsonb || '{\"ModificationTimestamp\": \"soon\"}')::json"
                           " WHERE listing_key = (SELECT min(listing_key) FROM mls_raw_records)"))
     out = sync.transform_load(ctx, plan)
     assert out["failed"] == 1
@@ -316,7 +317,7 @@ def test_error_rate_over_threshold_raises_an_alert(mls, db) -> None:
     plan = sync.plan(ctx, dag_id="t", dag_run_id="bad-batch", conf=NO_PHOTOS)
     sync.fetch(ctx, plan)
     with db.begin() as c:  # one record in ten arrives unreadable
-        c.execute(sa.text("UPDATE mls_raw_records SET payload = payload || '{\"ListingId\": \"\"}'"
+        c.execute(sa.text("UPDATE mls_raw_records SET payload = (payload::jsonb || '{\"ListingId\": \"\"}')::json"
                           " WHERE ('x' || substr(md5(listing_key), 1, 8))::bit(32)::int % 10 = 0"))
     out = sync.transform_load(ctx, plan)
     result = sync.finalize(ctx, plan, [])

@@ -1,75 +1,47 @@
-"""Bulk writes through COPY: rows go into a temporary staging table with PostgreSQL's COPY, then
-one `INSERT .. SELECT .. ON CONFLICT` moves them. Binding 1,000 rows x 35 columns as parameters
-spends most of a load in the driver; COPY streams the same rows as text.
+"""Bulk writes as one JSON document per batch.
+
+A batch of rows is encoded by msgspec (in C) into one JSON array and sent as a single parameter;
+PostgreSQL turns it back into typed rows with `json_populate_recordset` (also in C), and one
+`INSERT .. SELECT .. ON CONFLICT` writes them. Binding 1,000 rows x 35 columns as parameters
+spent most of a load in the driver, and COPY's text format needed a Python call per value.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import re
 from collections.abc import Iterable, Sequence
-from datetime import date, datetime
-from decimal import Decimal
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects.postgresql import ARRAY, JSON
 
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _array_item(v: Any) -> str:
-    if v is None:
-        return "NULL"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+_ENCODER = msgspec.json.Encoder(decimal_format="string")
+# PostgreSQL's text types cannot hold NUL, so json -> text rejects "\u0000". Drop the escape unless
+# its backslash is itself escaped (an even run of backslashes before it is literal text).
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 
-def copy_value(v: Any) -> str:
-    """One value in COPY's text format (NULL is \\N)."""
-    if v is None:
-        return "\\N"
-    kind = type(v)
-    if kind is str:
-        text = v
-    elif kind is bool:
-        text = "t" if v else "f"
-    elif kind in (int, float, Decimal):
-        text = str(v)
-    elif isinstance(v, (datetime, date)):
-        text = v.isoformat()
-    elif isinstance(v, (list, tuple)):
-        text = "{" + ",".join(_array_item(x) for x in v) + "}"
-    elif isinstance(v, dict):
-        text = json.dumps(v, default=str, separators=(",", ":"))
-    else:
-        text = str(v)
-    # Most values need no escaping; isprintable() is false for tab, newline, CR and NUL.
-    if "\\" in text or not text.isprintable():
-        text = text.replace("\x00", "").translate(_COPY_ESCAPES)
-    return text
+def encode_json(value: Any) -> str:
+    """JSON text for PostgreSQL's json/jsonb input: Decimal as text, datetimes in ISO 8601, no NULs."""
+    data = _ENCODER.encode(value)
+    if b"\\u0000" in data:
+        data = _NUL_ESCAPE.sub(rb"\1", data)
+    return data.decode()
 
 
-def stage_table(conn: Connection, like: sa.Table, columns: Sequence[str]) -> sa.Table:
-    """A session-temporary copy of `like`'s columns, emptied for this batch."""
-    name = f"_mls_stage_{like.name}"
-    conn.exec_driver_sql(f"CREATE TEMP TABLE IF NOT EXISTS {name} "
-                         f"(LIKE {like.name} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
-    conn.exec_driver_sql(f"TRUNCATE {name}")
-    return sa.Table(name, sa.MetaData(), *[sa.Column(c, like.c[c].type) for c in columns])
+def json_rows(like: sa.Table, columns: Sequence[str], rows: Sequence[dict[str, Any]], name: str = "src"
+              ) -> sa.TableValuedAlias:
+    """`rows` as a FROM clause typed like `like`'s columns, to select from in an INSERT.
+
+    `json_to_recordset` with a column definition list converts only the columns sent; measured
+    here it is about a third faster than `json_populate_recordset` over the whole row type.
+    """
+    doc = sa.cast(sa.bindparam(f"{name}_rows", encode_json(rows), type_=sa.Text), JSON)
+    return sa.func.json_to_recordset(doc).table_valued(
+        *[sa.column(c, like.c[c].type) for c in columns]).render_derived(name=name, with_types=True)
 
 
-def copy_into(conn: Connection, table: sa.Table, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> int:
-    """COPY rows (dicts) into `table` on this connection's transaction; returns the row count."""
-    buf = io.StringIO()
-    n = 0
-    for row in rows:
-        buf.write("\t".join(copy_value(row.get(c)) for c in columns))
-        buf.write("\n")
-        n += 1
-    buf.seek(0)
-    cursor = conn.connection.dbapi_connection.cursor()
-    try:
-        cursor.copy_expert(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN", buf)
-    finally:
-        cursor.close()
-    return n
+def any_of(column: sa.ColumnElement[Any], values: Iterable[Any]) -> sa.ColumnElement[bool]:
+    """`column = ANY(:array)`: one parameter for a batch of keys, where `IN` would bind 1,000."""
+    return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
+from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 CATEGORIES = ("network", "auth", "data", "rate_limit")
@@ -62,9 +63,16 @@ def resolve(conn: Connection, t: Tables, provider_id: str, stage: str, refs: Ite
         return 0
     e = t.mls_sync_errors
     res = conn.execute(e.update().where(
-        e.c.provider_id == provider_id, e.c.stage == stage, e.c.ref.in_(refs), e.c.resolved_at.is_(None)
+        e.c.provider_id == provider_id, e.c.stage == stage, bulk.any_of(e.c.ref, refs), e.c.resolved_at.is_(None)
     ).values(resolved_at=sa.func.now(), resolution=resolution))
     return res.rowcount or 0
+
+
+def open_stages(conn: Connection, t: Tables, provider_id: str) -> set[str]:
+    """Stages with unresolved errors: a load skips resolving stages that have none."""
+    e = t.mls_sync_errors
+    return set(conn.execute(sa.select(e.c.stage).distinct().where(
+        e.c.provider_id == provider_id, e.c.resolved_at.is_(None))).scalars())
 
 
 def due_refs(conn: Connection, t: Tables, provider_id: str, stage: str, limit: int = 5000) -> list[str]:

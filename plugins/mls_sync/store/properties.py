@@ -22,6 +22,7 @@ from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 BATCH = 1000
+_NULL_ROW = dict.fromkeys(MAPPABLE_COLUMNS)
 
 
 def _jsonable(v: Any) -> Any:
@@ -112,12 +113,13 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
     keys = [r["listing_key"] for r, _ in rows]
     edited = dict(conn.execute(
         sa.select(p.c.listing_key, p.c.local_edits).where(
-            p.c.provider_id == provider_id, p.c.listing_key.in_(keys), p.c.local_edits != sa.text("'{}'::jsonb"))
+            p.c.provider_id == provider_id, bulk.any_of(p.c.listing_key, keys),
+            p.c.local_edits != sa.text("'{}'::jsonb"))
     ).all())
     plain: list[dict[str, Any]] = []
     with_edits: list[dict[str, Any]] = []
     for row, h in rows:
-        values = {c: row.get(c) for c in MAPPABLE_COLUMNS}
+        values = dict(_NULL_ROW, **row)  # every mappable column; NULL where the mapping has none
         values.update(provider_id=provider_id, row_hash=h, is_active=row.get("status") in ACTIVE_STATUSES,
                       first_sync_id=sync_id, last_sync_id=sync_id)
         if row["listing_key"] in edited:
@@ -140,11 +142,10 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
 
 
 def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_edits: bool) -> list[tuple[str, bool]]:
-    """COPY the chunk into a staging table, then one INSERT .. SELECT .. ON CONFLICT for all of it."""
+    """One INSERT .. SELECT .. ON CONFLICT for the whole chunk, sent as one JSON document."""
     cols = list(chunk[0])
-    stage = bulk.stage_table(conn, p, cols)
-    bulk.copy_into(conn, stage, cols, chunk)
-    stmt = pg_insert(p).from_select(cols, sa.select(*[stage.c[c] for c in cols]))
+    src = bulk.json_rows(p, cols, chunk)
+    stmt = pg_insert(p).from_select(cols, sa.select(*[src.c[c] for c in cols]))
     ex = stmt.excluded
     set_ = {c: ex[c] for c in MAPPABLE_COLUMNS if c != "listing_key"}
     set_.update(row_hash=ex.row_hash, is_active=ex.is_active, last_sync_id=ex.last_sync_id,
@@ -168,7 +169,7 @@ def preview_rows(conn: Connection, t: Tables, provider_id: str,
     keys = [r["listing_key"] for r, _ in rows]
     existing = {k: (h, e, d) for k, h, e, d in conn.execute(
         sa.select(p.c.listing_key, p.c.row_hash, p.c.local_edits, p.c.deleted_at).where(
-            p.c.provider_id == provider_id, p.c.listing_key.in_(keys))).all()}
+            p.c.provider_id == provider_id, bulk.any_of(p.c.listing_key, keys))).all()}
     out: dict[str, list[str]] = {"add": [], "update": [], "unchanged": [], "conflict": []}
     for row, h in rows:
         k = row["listing_key"]
@@ -194,7 +195,7 @@ def remove_listings(conn: Connection, t: Tables, provider_id: str, keys: Iterabl
     if not keys:
         return counts
     rows = conn.execute(sa.select(p.c.listing_key, p.c.local_edits).where(
-        p.c.provider_id == provider_id, p.c.listing_key.in_(keys), p.c.deleted_at.is_(None))).all()
+        p.c.provider_id == provider_id, bulk.any_of(p.c.listing_key, keys), p.c.deleted_at.is_(None))).all()
     to_delete: list[str] = []
     for key, edits in rows:
         if edits:
@@ -210,7 +211,7 @@ def remove_listings(conn: Connection, t: Tables, provider_id: str, keys: Iterabl
             to_delete.append(key)
     counts["deleted"] = len(to_delete)
     if to_delete and not dry_run:
-        conn.execute(p.update().where(p.c.provider_id == provider_id, p.c.listing_key.in_(to_delete)).values(
+        conn.execute(p.update().where(p.c.provider_id == provider_id, bulk.any_of(p.c.listing_key, to_delete)).values(
             deleted_at=sa.func.now(), deleted_reason=reason, is_active=False, last_sync_id=sync_id,
             updated_at=sa.func.now()))
     return counts

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
@@ -17,6 +18,7 @@ from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 DELETED_MARKER = "__deleted__"
+_decode = msgspec.json.Decoder().decode
 
 
 def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
@@ -25,27 +27,26 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     if not records:
         return 0
     r = t.mls_raw_records
-    rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
-             "deleted": bool(rec.get(DELETED_MARKER))} for k, rec in records]
-    cols = list(rows[0])
-    stage = bulk.stage_table(conn, r, cols)
-    bulk.copy_into(conn, stage, cols, rows)
     # a page may repeat a key (a listing modified mid-walk); the last copy wins
-    latest = sa.select(*[stage.c[c] for c in cols]).distinct(stage.c.listing_key).order_by(
-        stage.c.listing_key, sa.literal_column("ctid").desc())
-    stmt = pg_insert(r).from_select(cols, latest)
+    latest = dict(records)
+    rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
+             "deleted": bool(rec.get(DELETED_MARKER))} for k, rec in latest.items()]
+    cols = list(rows[0])
+    src = bulk.json_rows(r, cols, rows)
+    stmt = pg_insert(r).from_select(cols, sa.select(*[src.c[c] for c in cols]))
     stmt = stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
         "sync_id": stmt.excluded.sync_id, "payload": stmt.excluded.payload,
         "deleted": stmt.excluded.deleted, "fetched_at": sa.func.now()})
     conn.execute(stmt)
-    return len(rows)
+    return len(records)
 
 
 def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_key: str | None = None,
              batch: int = 1000) -> Iterator[list[tuple[str, dict[str, Any], bool]]]:
     """This run's landed records in key order, `batch` at a time, from a server-side cursor."""
     r = t.mls_raw_records
-    q = sa.select(r.c.listing_key, r.c.payload, r.c.deleted).where(
+    # the payload as text, decoded here by msgspec: about twice as fast as the driver's json.loads
+    q = sa.select(r.c.listing_key, sa.cast(r.c.payload, sa.Text), r.c.deleted).where(
         r.c.provider_id == provider_id, r.c.sync_id == sync_id)
     if after_key is not None:
         q = q.where(r.c.listing_key > after_key)
@@ -53,4 +54,4 @@ def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_ke
     with engine.connect() as conn:
         result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
         for part in result.partitions(batch):
-            yield [(k, p, d) for k, p, d in part]
+            yield [(k, _decode(p), d) for k, p, d in part]

@@ -1,4 +1,4 @@
-"""COPY-based upserts carry every awkward value through unchanged."""
+"""Bulk upserts (one JSON document per batch) carry every awkward value through unchanged."""
 
 from __future__ import annotations
 
@@ -45,3 +45,20 @@ def test_raw_landing_keeps_payload_and_last_duplicate(db) -> None:
         deleted = c.execute(sa.text("SELECT deleted FROM mls_raw_records WHERE listing_key = 'K1'")).scalar()
     assert rows["K2"] == {"A": None}
     assert rows["K1"]["A"] == "second" and deleted is True
+
+
+def test_nul_characters_are_dropped_not_fatal(db) -> None:
+    """PostgreSQL text cannot hold NUL: an MLS value with one is stored without it, and a literal
+    backslash-u0000 typed into remarks is kept as text."""
+    literal = "C:\\u0000 is not a NUL"
+    row = {"listing_key": "K1", "mls_listing_id": "M1", "status": "Active", "public_remarks": "a\x00b " + literal,
+           "interior_features": ["x\x00y"]}
+    t = tables(db)
+    with db.begin() as c:
+        assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1).added == ["K1"]
+        raw_store.land(c, t, "p", 1, [("K1", {"Remarks": "a\x00b", "Other": literal})])
+    with db.connect() as c:
+        got = c.execute(sa.text("SELECT public_remarks, interior_features FROM properties")).one()
+        payload = c.execute(sa.text("SELECT payload FROM mls_raw_records")).scalar_one()
+    assert got.public_remarks == "ab " + literal and got.interior_features == ["xy"]
+    assert payload == {"Remarks": "ab", "Other": literal}
