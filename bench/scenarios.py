@@ -154,19 +154,35 @@ def ratio(a: float | None, b: float | None) -> float | None:
 # ---------------------------------------------------------------- scenario 1 (+ peer)
 
 def full_sync(b: Bench, mock: Mock, scenario: str, provider: str, listings: int, *, with_dag: bool,
-              tag: str, label: str, ratio_goal: float | None = 3.0, wall_goal: float | None = None
-              ) -> dict[str, Any]:
-    """Full records-only sync from an empty store: via the real DAG, then the engine alone and its floor."""
+              tag: str, label: str, ratio_goal: float | None = 3.0, wall_goal: float | None = None,
+              repeat: int = 1) -> list[dict[str, Any]]:
+    """Full records-only sync from an empty store: via the real DAG, then the engine alone and its
+    floor (`repeat` times, the median pair quoted)."""
     protocol = "rets" if "rets" in provider else "reso"
     res = _base(scenario, f"{label} ({protocol.upper()}, engine)", provider, "engine", listings)
     conf = {"include_photos": False, "mode": "full"}
 
     def body() -> None:
-        truncate(b.db_url)
-        out = engine_sync(b, mock, res, provider, conf, record=True, tag=tag)
-        res["recorded_requests"] = len(out["recorded"])
-        res["_recorded"] = out["recorded"]
-        fl = floors.records_floor(mock, protocol, out["recorded"], b.db_url, provider)
+        # Each repeat is a sync from an empty store followed at once by its floor; the quoted ratio
+        # is the median of those pairs, so a burst of load on this shared machine moves one pair,
+        # not the figure.
+        pairs: list[tuple[float, dict[str, Any]]] = []
+        for i in range(max(1, repeat)):
+            truncate(b.db_url)
+            out = engine_sync(b, mock, res, provider, conf, record=True, tag=tag if i == 0 else None)
+            if i == 0:
+                res["recorded_requests"] = len(out["recorded"])
+                res["_recorded"] = out["recorded"]
+            pairs.append((res["wall_seconds"], floors.records_floor(mock, protocol, out["recorded"], b.db_url,
+                                                                    provider)))
+        pairs.sort(key=lambda p: p[0] / p[1]["seconds"])
+        wall, fl = pairs[len(pairs) // 2]
+        res["wall_seconds"] = wall
+        if res["records"]:
+            res["records_per_second"] = round(res["records"] / wall, 1)
+        if len(pairs) > 1:
+            res["repeats"] = [{"wall_seconds": w, "floor_seconds": round(f["seconds"], 3),
+                               "ratio": ratio(w, f["seconds"])} for w, f in pairs]
         res["floor"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fl.items()}
         res["ratios"]["full_sync_vs_floor"] = ratio(res["wall_seconds"], fl["seconds"])
         if fl["rows"] != res["counts"].get("added"):
@@ -255,15 +271,6 @@ def mutation_mix(listings: int, share: float = 0.01) -> dict[str, int]:
     return out
 
 
-def _modified_at(b: Bench, provider: str, keys: set[str]) -> dict[str, Any]:
-    if not keys:
-        return {}
-    with engine(b.db_url).connect() as c:
-        rows = c.execute(sa.text("SELECT listing_key, mls_modified_at FROM properties WHERE provider_id = :p "
-                                 "AND listing_key = ANY(:k)"), {"p": provider, "k": list(keys)}).all()
-    return {k: m for k, m in rows}
-
-
 def _incremental_run(b: Bench, scenario: str, what: str, provider: str, listings: int
                      ) -> tuple[dict[str, Any], dict[str, Any], bool]:
     """Result skeleton and conf of an incremental run (with photos once the media stage exists)."""
@@ -273,10 +280,54 @@ def _incremental_run(b: Bench, scenario: str, what: str, provider: str, listings
     return res, {"include_photos": photos}, photos
 
 
+def photos_current(b: Bench, provider: str) -> int:
+    """Mark every stored listing's photos as synced, as a store whose media stage had run would be.
+
+    The full sync before scenario 2 is records-only: processing its ~14,000 photos would take
+    about 25 minutes here. Without this, every listing the incremental run touches (the overlap
+    window included) would look never photo-synced and have its photos downloaded.
+    """
+    from mls_sync.config import find_provider
+    from mls_sync.media_select import clock_column
+
+    clock = clock_column(find_provider(provider))
+    with engine(b.db_url).begin() as c:
+        return c.execute(sa.text(
+            "INSERT INTO property_media_sync (provider_id, listing_key, photos_changed_at, photos_count, "
+            f"photos_stored, sync_id) SELECT provider_id, listing_key, {clock}, photos_count, "
+            "coalesce(photos_count, 0), last_sync_id FROM properties WHERE provider_id = :p AND deleted_at IS NULL "
+            "ON CONFLICT (provider_id, listing_key) DO NOTHING"), {"p": provider}).rowcount
+
+
+def _fetched_modified_at(b: Bench, provider: str, sync_id: int, keys: set[str]) -> dict[str, Any]:
+    """The modification time the MLS sent for each fetched key in this run (from the raw landing).
+
+    Not the stored `mls_modified_at`: a removal leaves the stored row's clock where it was.
+    """
+    from mls_sync.config import find_provider
+    from mls_sync.mapping import Mapper, parse_time_zone
+
+    if not keys:
+        return {}
+    cfg = find_provider(provider)
+    with engine(b.db_url).connect() as c:
+        rows = c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records WHERE provider_id = :p "
+                                 "AND sync_id = :s AND listing_key = ANY(:k)"),
+                         {"p": provider, "s": sync_id, "k": list(keys)}).all()
+        zone = c.execute(sa.text("SELECT stage_state->>'source_time_zone' FROM mls_sync_history WHERE id = :s"),
+                         {"s": sync_id}).scalar()
+    mapper = Mapper(cfg, time_zone=parse_time_zone(zone))
+    return {k: mapper.map_columns(payload, {"mls_modified_at"}).get("mls_modified_at") for k, payload in rows}
+
+
 def incremental(b: Bench, mock: Mock, provider: str, listings: int) -> dict[str, Any]:
     res, conf, photos = _incremental_run(b, "2", "incremental after 1% changed", provider, listings)
 
     def body() -> None:
+        if photos:
+            res["baseline_photo_state_seeded"] = photos_current(b, provider)
+            res["notes"].append("baseline: records-only full sync with its photo state marked current "
+                                f"({res['baseline_photo_state_seeded']:,} listings), see photos_current()")
         mix = mutation_mix(listings)
         changed = mock.control("mutate", **mix)
         res["mutations"] = {k: len(v) for k, v in changed.items()}
@@ -291,7 +342,7 @@ def incremental(b: Bench, mock: Mock, provider: str, listings: int) -> dict[str,
         missing = expected - got
         extra = got - all_changed
         since = out["plan"].get("since")
-        mods = _modified_at(b, provider, extra)
+        mods = _fetched_modified_at(b, provider, sid, extra)
         since_dt = datetime.fromisoformat(since) if since else None
         outside = sorted(k for k in extra if not (since_dt and mods.get(k) and mods[k] >= since_dt))
         res["checks"] = {"changed": len(all_changed), "expected_fetch": len(expected), "fetched": len(got),

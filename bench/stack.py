@@ -68,10 +68,16 @@ def engine(url: str) -> Any:
     return eng
 
 
+# A provider's server metadata is kept between its runs in production; emptying the listings
+# must not make every bench run fetch it again (the first run of a bench fills it).
+KEPT_TABLES = ("mls_metadata_cache",)
+
+
 def truncate(url: str) -> None:
-    """Empty every store table (a fresh full sync starts from nothing)."""
+    """Empty every store table but the metadata cache (a fresh full sync starts from no listings)."""
+    names = [t for t in TABLES if t not in KEPT_TABLES]
     with engine(url).begin() as c:
-        c.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
+        c.execute(sa.text(f"TRUNCATE {', '.join(names)} RESTART IDENTITY CASCADE"))
 
 
 @contextmanager

@@ -32,6 +32,7 @@ from mls_sync.store import errors as err_store
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
 from mls_sync.store import runs
+from mls_sync.store.metadata_cache import DbMetadataCache
 from mls_sync.store.tables import Tables, tables
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,10 @@ class SyncContext:
         """A source whose client gets this task's share of the provider's request budget."""
         limits = self.provider.limits
         limiter = RateLimiter(limits.budget(share=1 / limits.pool_slots))
-        return self.source_factory(self.provider, self.mls, limiter)
+        source = self.source_factory(self.provider, self.mls, limiter)
+        if hasattr(source, "metadata_cache"):
+            source.metadata_cache = DbMetadataCache(self.db, self.t, self.provider.provider_id)
+        return source
 
 
 def _iso(dt: datetime | None) -> str | None:

@@ -181,3 +181,37 @@ def test_photo_error_part_is_reported_not_raised(mock_mls_factory: Any) -> None:
     photos = list(source(mls).photos([key]))
     assert [(p.order, p.error is None) for p in photos] == [(0, True), (1, False), (2, True)]
     assert "20409" in photos[1].error
+
+
+def test_metadata_is_kept_between_runs_per_announced_version(mock_mls_factory: Any, db: Any) -> None:
+    """A second source (the next run) reads TABLE/LOOKUP_TYPE/SYSTEM from the store instead of the
+    server; when the login announces another MetadataVersion it asks the server again and drops
+    the old version's entries."""
+    import sqlalchemy as sa
+    from mls_sync.store.metadata_cache import DbMetadataCache
+    from mls_sync.store.tables import tables
+
+    mls = mock_mls_factory(listings=30, seed=3)
+    t = tables(db)
+    criteria = SearchCriteria(statuses=("Active",))
+
+    def run(version: str | None = None) -> tuple[list[str], int]:
+        mls.reset_counters()
+        src = source(mls)
+        src.metadata_cache = DbMetadataCache(db, t, "demo_rets")
+        if version:
+            src.session.login()
+            src.session.login_info.info["MetadataVersion"] = version
+        keys = walk_keys(src, criteria)
+        src.close()
+        return keys, mls.counters()["requests"].get("rets:getmetadata", 0)
+
+    first, asked_first = run()
+    again, asked_again = run()
+    assert asked_first >= 2 and asked_again == 0
+    assert again == first and first  # the cached lookups put the same status codes in the DMQL
+    _, asked_new = run(version="99.0.0")
+    assert asked_new == asked_first
+    with db.connect() as c:
+        stored = list(c.execute(sa.text("SELECT cache_key FROM mls_metadata_cache")).scalars())
+    assert stored and all("|99.0.0@" in k for k in stored)

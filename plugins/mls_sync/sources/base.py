@@ -14,7 +14,7 @@ import abc
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 
 class SourceError(Exception):
@@ -50,6 +50,14 @@ class QueryError(SourceError):
     """The server rejected the query itself (RETS 20203/20206, OData 400). Not retried."""
 
     category = "data"
+
+
+class MetadataCache(Protocol):
+    """Where a source keeps server metadata between runs (the store gives it one table)."""
+
+    def get(self, key: str) -> Any | None: ...
+
+    def put(self, key: str, value: Any) -> None: ...
 
 
 class Masker:

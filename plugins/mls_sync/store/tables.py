@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 TABLES = ("properties", "property_media", "property_status_history", "property_conflicts",
-          "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync")
+          "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync",
+          "mls_metadata_cache")
 
 
 class Tables:
@@ -31,6 +32,7 @@ class Tables:
     mls_sync_errors: sa.Table
     mls_raw_records: sa.Table
     property_media_sync: sa.Table
+    mls_metadata_cache: sa.Table
 
 
 @cache

@@ -13,6 +13,7 @@ import requests
 
 from mls_sync.limits import RateLimiter, RetryPolicy, is_retryable
 from mls_sync.sources.base import (
+    MetadataCache,
     Page,
     PhotoObject,
     SearchCriteria,
@@ -69,6 +70,7 @@ class RetsSource(Source):
         self.provider_id = provider_id
         self.keys_per_query = keys_per_query
         self._metadata: dict[str, Any] = {}
+        self.metadata_cache: MetadataCache | None = None  # kept across runs; see _metadata_version
         self._lookups: Lookups | None = None
         self._zone: tzinfo | None = None
         self._offset_ok: dict[str, bool | None] = {"ok": None}
@@ -112,10 +114,27 @@ class RetsSource(Source):
                 "relogins": s["relogins"]}
 
     # -- metadata ------------------------------------------------------------------------------
+    def _metadata_version(self) -> str | None:
+        """MetadataVersion and MetadataTimestamp from the login reply: what a cached copy is valid
+        for. A server that publishes neither gets no cross-run cache (nothing says when it changed)."""
+        info = (self.session.login_info or self.session.login()).info
+        lowered = {k.lower(): v for k, v in info.items()}
+        version, stamp = lowered.get("metadataversion"), lowered.get("metadatatimestamp")
+        return f"{version}@{stamp}" if version else None
+
     def _get_metadata(self, kind: str, ident: str) -> dict[str, list[dict[str, Any]]]:
         cache_key = f"{kind}:{ident}"
         if cache_key in self._metadata:
             return self._metadata[cache_key]
+        stored_key = None
+        if self.metadata_cache is not None:
+            version = self._metadata_version()
+            if version:
+                stored_key = f"{self.settings.resource}|{cache_key}|{version}"
+                cached = self.metadata_cache.get(stored_key)
+                if cached is not None:
+                    self._metadata[cache_key] = cached
+                    return cached
 
         def consume(resp: requests.Response) -> dict[str, list[dict[str, Any]]]:
             body = self.session.read_all(resp)
@@ -129,6 +148,8 @@ class RetsSource(Source):
         items = self.session.call("GetMetadata", {"Type": f"METADATA-{kind}", "ID": ident, "Format": "COMPACT"},
                                   consume)
         self._metadata[cache_key] = items
+        if stored_key is not None and self.metadata_cache is not None:
+            self.metadata_cache.put(stored_key, items)
         return items
 
     def zone(self) -> tzinfo:
