@@ -44,7 +44,7 @@ class FakeReso:
     nextlink: bool = False
     tokens_issued: int = 0
     valid_tokens: set[str] = field(default_factory=set)
-    queue: list[tuple[int, dict[str, Any], dict[str, str]]] = field(default_factory=list)  # canned replies
+    queue: list[tuple[int, Any, dict[str, str]]] = field(default_factory=list)  # canned replies
     requests: list[str] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
     expires_in: int = 3600
@@ -74,7 +74,7 @@ class FakeReso:
             return 401, {}, json.dumps({"error": {"code": "401", "message": "token expired"}})
         if self.queue:
             status, body, headers = self.queue.pop(0)
-            return status, headers, json.dumps(body)
+            return status, headers, body if isinstance(body, (bytes, str)) else json.dumps(body)
         parts = urlsplit(req.url)
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = parts.path.rsplit("/", 1)[-1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
@@ -301,3 +302,19 @@ def test_concurrent_downloads_share_one_token_refresh(fake: FakeReso) -> None:
     photos = list(MediaDownloader(src.client, 6).download(refs))
     assert all(p.error is None for p in photos) and len(photos) == 12
     assert fake.tokens_issued == 2
+
+
+def test_pages_with_a_bom_or_in_latin_1_are_read(fake: FakeReso) -> None:
+    one = {"value": [listing(1, CLUSTER_TS, PublicRemarks="Café près du lac")]}
+    body = json.dumps(one, ensure_ascii=False)
+    fake.queue.append((200, b"\xef\xbb\xbf" + body.encode(), {"Content-Type": "application/json"}))
+    fake.queue.append((200, body.encode("latin-1"), {"Content-Type": "application/json; charset=iso-8859-1"}))
+    for _ in range(2):
+        page = next(iter(make_source(page_size=4).pages(SearchCriteria())))
+        assert page.records[0]["PublicRemarks"] == "Café près du lac"
+
+
+def test_an_html_page_instead_of_json_is_a_clear_server_error(fake: FakeReso) -> None:
+    fake.queue.append((200, "<html><body>Maintenance</body></html>", {"Content-Type": "text/html"}))
+    with pytest.raises(ServerError, match=r"not JSON.*text/html"):
+        list(make_source(page_size=4).pages(SearchCriteria()))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+import msgspec
 import requests
 
 from mls_sync.limits import RateLimiter, RetryPolicy, call_with_retry, retry_after_seconds
@@ -31,6 +32,7 @@ from mls_sync.sources.base import (
 )
 
 log = logging.getLogger(__name__)
+_decode_json = msgspec.json.Decoder().decode
 
 QUOTA_HEADER_PREFIXES = ("x-ratelimit", "x-rate-limit", "ratelimit", "x-quota", "mlg-")
 
@@ -267,7 +269,12 @@ class ODataClient:
         url = path_or_url if "://" in path_or_url else self.url(path_or_url, params)
         resp = self.get(url, headers={"Accept": "application/json", **(headers or {})}, what=what)
         try:
-            body = resp.json()
+            # OData JSON is UTF-8 (a BOM is tolerated); msgspec parses a 1 MB page in C, several
+            # times faster than json.loads, and that time is on the fetch's critical path
+            try:
+                body = _decode_json(resp.content.removeprefix(b"\xef\xbb\xbf"))
+            except ValueError:  # not UTF-8 after all: let requests guess the charset
+                body = resp.json()
         except ValueError:
             raise ServerError(f"{what}: answer is not JSON ({resp.headers.get('Content-Type')})") from None
         if not isinstance(body, dict):
