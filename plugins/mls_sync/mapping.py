@@ -24,6 +24,7 @@ from mls_sync.columns import ACTIVE_STATUSES, STANDARD_STATUSES
 from mls_sync.config import FieldTarget, ProviderConfig
 
 _TAG = re.compile(r"<[^>]+>")
+_BREAK = re.compile(r"(?i)<\s*br\s*/?>|</p\s*>")
 _SPACE = re.compile(r"[ \t\r\f\v]+")
 _MONEY_JUNK = re.compile(r"[$,\s]")
 _TRUE = {"1", "y", "yes", "true", "t"}
@@ -106,9 +107,12 @@ def n_timestamp(v: Any, t: FieldTarget, ctx: Mapper) -> datetime | None:
     if s is None:
         return None
     try:
-        dt = datetime.fromisoformat(s.replace("Z", "+00:00").replace(" ", "T", 1))
+        dt = datetime.fromisoformat(s)  # 3.11+: 'Z', a space separator and 7-digit fractions too
     except ValueError:
-        raise ValueProblem(f"{s!r} is not an ISO 8601 timestamp") from None
+        try:
+            dt = datetime.fromisoformat(s.replace("Z", "+00:00").replace(" ", "T", 1))
+        except ValueError:
+            raise ValueProblem(f"{s!r} is not an ISO 8601 timestamp") from None
     if dt.tzinfo is None:
         # RETS sends server-local time without a zone; the YAML or SYSTEM TimeZoneOffset says which.
         dt = dt.replace(tzinfo=ctx.time_zone or UTC)
@@ -159,10 +163,13 @@ def n_html(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
     s = _text(v)
     if s is None:
         return None
-    s = re.sub(r"(?i)<\s*br\s*/?>|</p\s*>", "\n", s)
-    s = html.unescape(_TAG.sub(" ", s))
-    lines = [_SPACE.sub(" ", line).strip() for line in s.splitlines()]
-    return "\n".join(line for line in lines if line) or None
+    if "<" in s:
+        s = _TAG.sub(" ", _BREAK.sub("\n", s))
+    if "&" in s:
+        s = html.unescape(s)
+    # _SPACE never spans a newline, so one pass over the text equals one per line
+    lines = _SPACE.sub(" ", s).splitlines()
+    return "\n".join(stripped for line in lines if (stripped := line.strip())) or None
 
 
 def n_status(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
