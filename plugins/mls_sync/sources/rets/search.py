@@ -64,13 +64,17 @@ class SearchWalk:
         # by listing, so it lands once.
         self.seen: dict[str, None] = {}
         self.seen_limit = max(4 * page_size, 10_000)
+        # The first Offset page's keys. When Offset turns out to be ignored they are kept out of
+        # the whole window walk that follows, which fetches those rows again, possibly much later.
+        self.page_one: set[str] = set()
+        self.first_page: set[str] = set()
 
     # -- helpers -------------------------------------------------------------------------------
     def _new(self, records: list[dict[str, str]]) -> list[dict[str, str]]:
         out = []
         for r in records:
             k = r.get(self.key)
-            if k is None or k in self.seen:
+            if k is None or k in self.seen or k in self.first_page:
                 continue
             self.seen[k] = None
             out.append(r)
@@ -112,10 +116,12 @@ class SearchWalk:
                     raise ServerError("server ignores Offset (page repeated) and rets.offset is 'always'")
                 log.info("server ignores Offset (page %d repeats earlier rows); paging by time windows", offset)
                 self.learned["ok"] = False
+                self.first_page = self.page_one
                 # The repeated page is a sample of the whole range: use it to size the windows.
                 yield from self._windows(base, since, until, {}, first=res if res.overflows() else None)
                 return
-            if offset == 1 and keys:
+            first = offset == 1
+            if first and keys:
                 head = keys[0]
             if offset > 1 and keys:
                 self.learned["ok"] = True
@@ -124,6 +130,8 @@ class SearchWalk:
                 done = not res.records or offset > res.count
             else:
                 done = not res.records or (not res.maxrows and len(res.records) < self.page_size)
+            if first:
+                self.page_one = {k for k in keys if k is not None}
             yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
             if done:
                 return
@@ -156,6 +164,10 @@ class SearchWalk:
                 else:  # one instant still overflows: a bulk update; split by key prefix
                     parts = self._split_keys(seg, res)
                 stack.extend(reversed(parts))
+                # The pieces cover the window and fetch these rows again: an overflowing answer
+                # only sizes them (yielding it too landed each sampled row twice).
+                yield [], self._state(stack)
+                continue
             yield self._new(res.records), self._state(stack)
 
     def _state(self, stack: list[list[Any]]) -> dict[str, Any] | None:
