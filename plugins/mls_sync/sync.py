@@ -356,12 +356,11 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     state = run.get("stage_state") or {}
     acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
     mapper = _mapper(ctx, run)
-    landed = raw_store.iter_run(ctx.db, ctx.t, ctx.provider.provider_id, sid, after_key=state.get("transform_after"))
-    with (_stage(ctx, plan, "transform_load") as extra, prefetched(landed, name="transform-read") as batches,
-          Writer("transform-write") as writer):
-        # Batch N+1 is read while this thread maps batch N and PostgreSQL writes batch N-1;
-        # checkpoints still commit in key order.
-        for batch in batches:
+    with _stage(ctx, plan, "transform_load") as extra, Writer("transform-write") as writer:
+        # PostgreSQL writes batch N while this thread reads and maps batch N+1; checkpoints stay
+        # in key order. (Reading in a third thread as well measured no faster on two cores.)
+        for batch in raw_store.iter_run(ctx.db, ctx.t, ctx.provider.provider_id, sid,
+                                        after_key=state.get("transform_after")):
             writer.submit(write_batch, ctx, plan, map_batch(ctx, mapper, batch), acc)
         writer.wait()
         if plan["dry_run"] and acc.preview:
