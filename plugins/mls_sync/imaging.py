@@ -362,7 +362,8 @@ def _cpu_count() -> int:
 class PhotoProcessor:
     """A reusable process pool making variants for batches; results come back in input order.
 
-    The pool starts on first use of a batch of two or more and is kept for later batches; a
+    The pool starts on first use of a batch of two or more and is kept for later batches (single
+    photos go to it too once it runs); a
     failing photo yields its `ImageError` in place instead of failing the batch. The default start
     method is forkserver on Linux: Airflow task processes run threads (uploads, heartbeats), and
     forking those is unsafe. Like spawn, it re-imports the main module in the workers, so a script
@@ -389,7 +390,10 @@ class PhotoProcessor:
     def map(self, items: Iterable[bytes]) -> Iterator[ProcessedPhoto | ImageError]:
         """Variants for each item, in order; parallel when there is more than one."""
         batch = list(items)
-        if self.workers == 1 or len(batch) < 2:
+        # A single photo skips the pool only until the pool exists: a pipeline that feeds photos
+        # one at a time (the media stage once its permits are all in use) would otherwise run
+        # them all in the calling process's threads, next to its downloads and uploads.
+        if self.workers == 1 or (len(batch) < 2 and self._pool is None):
             yield from (self.process(data) for data in batch)
             return
         if self._pool is None and multiprocessing.current_process().daemon:
