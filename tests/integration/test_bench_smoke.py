@@ -43,5 +43,8 @@ def test_bench_scenario_1_small(tmp_path) -> None:
     assert {"fetch", "transform_load"} <= set(res["stage_timings"])
     assert res["floor"]["rows"] == res["counts"]["added"] and res["floor"]["seconds"] > 0
     assert res["ratios"]["full_sync_vs_floor"] > 0
+    # three sync/floor pairs by default; the quoted ratio is their median
+    ratios = sorted(r["ratio"] for r in res["repeats"])
+    assert len(ratios) == 3 and res["ratios"]["full_sync_vs_floor"] == ratios[1]
     assert all(t["status"] in ("PASS", "MISS", "n/a") for t in res["targets"])
     assert len(list(tmp_path.glob("*.json"))) == 2  # <timestamp>.json and latest.json
