@@ -304,19 +304,15 @@ def _fetched_modified_at(b: Bench, provider: str, sync_id: int, keys: set[str]) 
 
     Not the stored `mls_modified_at`: a removal leaves the stored row's clock where it was.
     """
-    from mls_sync.config import find_provider
-    from mls_sync.mapping import Mapper, parse_time_zone
+    from mls_sync.sync import mapper_for_run
 
     if not keys:
         return {}
-    cfg = find_provider(provider)
     with engine(b.db_url).connect() as c:
         rows = c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records WHERE provider_id = :p "
                                  "AND sync_id = :s AND listing_key = ANY(:k)"),
                          {"p": provider, "s": sync_id, "k": list(keys)}).all()
-        zone = c.execute(sa.text("SELECT stage_state->>'source_time_zone' FROM mls_sync_history WHERE id = :s"),
-                         {"s": sync_id}).scalar()
-    mapper = Mapper(cfg, time_zone=parse_time_zone(zone))
+    mapper = mapper_for_run(runner.context(provider, b.db_url), runner.history(b.db_url, sync_id))
     return {k: mapper.map_columns(payload, {"mls_modified_at"}).get("mls_modified_at") for k, payload in rows}
 
 

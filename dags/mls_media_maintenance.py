@@ -12,21 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from airflow.sdk import Param, dag, task
-from mls_sync.config import ConfigError, ProviderConfig, load_provider, provider_paths
+from mls_sync.config import ProviderConfig, load_providers
 
 START = datetime(2024, 1, 1)
 
 
 def _providers() -> list[ProviderConfig]:
-    out = []
-    for path in provider_paths():
-        try:
-            cfg = load_provider(path)
-        except ConfigError:
-            continue
-        if cfg.media.enabled:
-            out.append(cfg)
-    return out
+    # a broken YAML is reported by its own sync DAG
+    return [cfg for _, cfg in load_providers() if isinstance(cfg, ProviderConfig) and cfg.media.enabled]
 
 
 @dag(

@@ -43,14 +43,14 @@ def _default_args(cfg: ProviderConfig) -> dict[str, Any]:
         "retry_delay": timedelta(seconds=cfg.retry.retry_delay_seconds),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(seconds=cfg.retry.max_retry_delay_seconds),
-        "pool": f"mls_{cfg.provider_id}",
+        "pool": cfg.pool(),
         "on_failure_callback": callbacks.task_failed,
     }
 
 
 def _doc(cfg: ProviderConfig, what: str) -> str:
     return (f"### {cfg.name}: {what}\n\nProvider `{cfg.provider_id}` over **{cfg.protocol.upper()}**, "
-            f"connection `{cfg.connection_id}`, pool `mls_{cfg.provider_id}`.\n\n"
+            f"connection `{cfg.connection_id}`, pool `{cfg.pool()}`.\n\n"
             "Trigger with config for a manual run: mode full/incremental, partial by listing keys, "
             "postal codes or cities, include photos, dry run. Counts and errors: the MLS Sync view.")
 
@@ -86,12 +86,12 @@ def build_sync_dag(cfg: ProviderConfig) -> DAG:
         def media_batches(plan: dict[str, Any]) -> list[dict[str, Any]]:
             return run.media_batches(pid, plan)
 
-        @task(map_index_template="{{ media_batch_label }}", retries=cfg.retry.task_retries)
+        @task(map_index_template="{{ media_batch_label }}")
         def media(plan: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
             get_current_context()["media_batch_label"] = batch.get("label", "")
             return run.media_batch(pid, plan, batch)
 
-        @task(trigger_rule="all_done", retries=cfg.retry.task_retries)
+        @task(trigger_rule="all_done")
         def finalize(**context: Any) -> dict[str, Any]:
             return run.finalize(pid, context)
 

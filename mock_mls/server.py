@@ -222,6 +222,7 @@ class MockMLS:
         delay = self.settings.latency
         latency = self.faults.take("latency", path)
         if latency:
+            self.stats.fault("latency")
             delay += float(latency.get("seconds", 0.5))
         if delay:
             time.sleep(delay)

@@ -7,6 +7,7 @@ file, the key path and what would fix it. One bad file fails only its own provid
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -234,6 +235,10 @@ class ProviderConfig(_Strict):
     def dag_id(self) -> str:
         return f"mls_sync__{self.provider_id}"
 
+    def pool(self) -> str:
+        """The Airflow pool bounding this provider's concurrent tasks (`mls_sync_airflow.setup` makes it)."""
+        return f"mls_{self.provider_id}"
+
 
 def _format_errors(path: Path, exc: ValidationError) -> str:
     lines = [f"{path}: invalid provider config ({exc.error_count()} problem(s)):"]
@@ -276,6 +281,32 @@ def mappings_dir() -> Path:
 def provider_paths(directory: str | Path | None = None) -> list[Path]:
     d = Path(directory) if directory else mappings_dir()
     return sorted(p for p in d.glob("*.yaml") if re.match(_ID, p.stem))
+
+
+def load_providers(directory: str | Path | None = None) -> tuple[tuple[Path, ProviderConfig | ConfigError], ...]:
+    """Every provider YAML, parsed, or the error that names what is wrong with it.
+
+    Re-read only when a file was added, removed or changed (the dashboard asks every few seconds).
+    """
+    stamps = []
+    for path in provider_paths(directory):
+        try:
+            st = path.stat()
+            stamps.append((path, st.st_mtime_ns, st.st_size))
+        except OSError:  # gone since the listing: load_provider reports it
+            stamps.append((path, -1, -1))
+    return _load_all(tuple(stamps))
+
+
+@functools.lru_cache(maxsize=8)
+def _load_all(stamps: tuple[tuple[Path, int, int], ...]) -> tuple[tuple[Path, ProviderConfig | ConfigError], ...]:
+    out: list[tuple[Path, ProviderConfig | ConfigError]] = []
+    for path, _, _ in stamps:
+        try:
+            out.append((path, load_provider(path)))
+        except ConfigError as exc:
+            out.append((path, exc))
+    return tuple(out)
 
 
 def find_provider(name: str, directory: str | Path | None = None) -> ProviderConfig:

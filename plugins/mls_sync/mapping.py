@@ -216,10 +216,9 @@ class Mapper:
         self.provider = provider
         self.time_zone = parse_time_zone(provider.timestamp_time_zone) or time_zone
         self.status_map = dict(provider.status_map)
-        self._plan = [(name, t, NORMALIZERS[t.type]) for name, t in provider.field_items()]
-        self.columns = [t.column for _, t, _ in self._plan]
         # (field, column, normalizer or None for plain strings, target, required): map() runs per record
-        self._steps = [(name, t.column, None if fn is n_string else fn, t, t.required) for name, t, fn in self._plan]
+        self._steps = [(name, t.column, None if t.type == "string" else NORMALIZERS[t.type], t, t.required)
+                       for name, t in provider.field_items()]
 
     def map(self, record: dict[str, Any]) -> Mapped:
         row: dict[str, Any] = {}
@@ -249,12 +248,12 @@ class Mapper:
     def map_columns(self, record: dict[str, Any], columns: set[str]) -> dict[str, Any]:
         """Best-effort values for a few columns (the status poll's narrow records); bad values -> None."""
         out: dict[str, Any] = {}
-        for name, target, fn in self._plan:
-            if target.column in columns and name in record:
+        for name, column, fn, target, _ in self._steps:
+            if column in columns and name in record:
                 try:
-                    out[target.column] = fn(record[name], target, self)
+                    out[column] = (fn or n_string)(record[name], target, self)
                 except ValueProblem:
-                    out[target.column] = None
+                    out[column] = None
         if "status" not in out and out.get("mls_status"):
             out["status"] = self.status_map.get(out["mls_status"])
         return out

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.store import errors as err_store
 from mls_sync.store import raw as raw_store
 from mls_sync.store import runs
 from mls_sync.store.tables import Tables
+from mls_sync.sync import mapper_for_run
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig
@@ -112,9 +112,7 @@ def _dry_run_estimate(ctx: SyncContext, sync_id: int) -> dict[str, int]:
     p, t = ctx.provider, ctx.t
     with ctx.db.connect() as c:
         run = runs.get_run(c, t, sync_id)
-    mapper = Mapper(p)
-    mapper.time_zone = mapper.time_zone or parse_time_zone(
-        (run.get("stage_state") or {}).get("source_time_zone"))
+    mapper = mapper_for_run(ctx, run)
     column = clock_column(p)
     listings = photos = 0
     s = t.property_media_sync

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -27,7 +27,7 @@ from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.pipeline import Writer, prefetched
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
-from mls_sync.sources.base import SearchCriteria, Source
+from mls_sync.sources.base import Page, SearchCriteria, Source
 from mls_sync.store import errors as err_store
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
@@ -36,7 +36,7 @@ from mls_sync.store.metadata_cache import DbMetadataCache
 from mls_sync.store.tables import Tables, tables
 
 log = logging.getLogger(__name__)
-RECONCILE_KEYS_PER_QUERY = 200
+KEYS_PER_QUERY = 200
 
 
 @dataclass
@@ -134,24 +134,26 @@ def criteria_for(provider: ProviderConfig, plan: dict[str, Any]) -> SearchCriter
 
 # ---------------------------------------------------------------- fetch
 
-def _key_of(ctx: SyncContext, rec: dict[str, Any]) -> str | None:
-    k = rec.get(ctx.provider.roles().key)
+def _key_of(key_field: str, rec: dict[str, Any]) -> str | None:
+    k = rec.get(key_field)
     return str(k).strip() if k not in (None, "") else None
 
 
 def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, Any]],
                cursor: dict[str, Any] | None, number: int, totals: dict[str, int]) -> None:
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    key_field = p.roles().key
     keyed, keyless = [], []
     for rec in records:
-        k = _key_of(ctx, rec)
+        k = _key_of(key_field, rec)
         (keyed.append((k, rec)) if k else keyless.append(rec))
     with ctx.db.begin() as c:
         raw_store.land(c, t, p.provider_id, sid, keyed)
-        for rec in keyless:
+        if keyless:  # one error row per page (numbered across the run), the first record as sample
             err_store.record_error(c, t, provider_id=p.provider_id, stage="fetch", category="data",
-                                   ref=f"keyless:{sid}:{number}", message=f"record without {p.roles().key}",
-                                   payload=rec, sync_id=sid, max_attempts=1)
+                                   ref=f"keyless:{sid}:{totals['pages'] + 1}",
+                                   message=f"{len(keyless)} record(s) without {key_field} on page {number}",
+                                   payload=keyless[0], sync_id=sid, max_attempts=1)
         totals["pages"] += 1
         totals["records"] += len(keyed)
         totals["keyless"] += len(keyless)
@@ -186,6 +188,12 @@ def request_count(source: Source) -> int:
     return int(sum(value.values()) if isinstance(value, dict) else value or 0)
 
 
+def pages_for_keys(source: Source, keys: Sequence[str]) -> Iterator[Page]:
+    """The MLS's current records for these listing keys, KEYS_PER_QUERY keys per search."""
+    for i in range(0, len(keys), KEYS_PER_QUERY):
+        yield from source.pages(SearchCriteria(listing_keys=tuple(keys[i:i + KEYS_PER_QUERY])))
+
+
 def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     """Stream the search into the raw table, page by page, checkpointing the cursor."""
     p, sid = ctx.provider, plan["sync_id"]
@@ -208,10 +216,8 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             if plan["mode"] != "partial":
                 with ctx.db.connect() as c:
                     retry_keys = err_store.due_refs(c, ctx.t, p.provider_id, "transform")
-            for i in range(0, len(retry_keys), RECONCILE_KEYS_PER_QUERY):
-                chunk = tuple(retry_keys[i:i + RECONCILE_KEYS_PER_QUERY])
-                for page in source.pages(SearchCriteria(listing_keys=chunk)):
-                    _land_page(ctx, plan, page.records, None, page.number, totals)
+            for page in pages_for_keys(source, retry_keys):
+                _land_page(ctx, plan, page.records, None, page.number, totals)
             extra["retried_keys"] = len(retry_keys)
         tz = _source_time_zone(source)
         requests = request_count(source)
@@ -228,15 +234,21 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- transform_load
 
-def _mapper(ctx: SyncContext, run: dict[str, Any]) -> Mapper:
+def mapper_for_run(ctx: SyncContext, run: dict[str, Any]) -> Mapper:
+    """The run's mapper: naive server timestamps read in the zone fetch recorded for this run."""
     tz = parse_time_zone((run.get("stage_state") or {}).get("source_time_zone"))
     return Mapper(ctx.provider, time_zone=tz)
 
 
 @dataclass
 class LoadProgress:
-    """What loading has done so far in this run; `max_modified` becomes the next watermark."""
+    """What loading has done so far in this run; `max_modified` becomes the next watermark.
 
+    `stage` is the task writing: only transform_load's batches move its resume key
+    (`transform_after`); reconcile's refreshed listings come in no key order.
+    """
+
+    stage: str = "transform_load"
     max_modified: datetime | None = None
     processed: int = 0
     counts: dict[str, int] = field(default_factory=dict)
@@ -247,9 +259,7 @@ class LoadProgress:
 
 
 def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | None) -> bool:
-    if deleted_flag or rec.get(raw_store.DELETED_MARKER):
-        return True
-    return bool(status_field and rec.get(status_field) == "Delete")
+    return deleted_flag or bool(status_field and rec.get(status_field) == "Delete")
 
 
 @dataclass
@@ -332,12 +342,13 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
                 err_store.resolve(c, t, p.provider_id, "transform_warning",
                                   [k for k in ok_keys if k not in warned_keys])
         runs.add_counts(c, t, sid, counts)
-        state = {"transform_after": mb.last_key}
+        state: dict[str, Any] = {"transform_after": mb.last_key} if acc.stage == "transform_load" else {}
         if acc.max_modified is not None:
             state["max_modified"] = acc.max_modified.isoformat()
-        runs.merge_into(c, t, sid, "stage_state", state)
+        if state:
+            runs.merge_into(c, t, sid, "stage_state", state)
         acc.processed += len(good) + len(removals) + len(rejected)
-        runs.mark_running(c, t, p.provider_id, sid, "transform_load", {"records": acc.processed})
+        runs.mark_running(c, t, p.provider_id, sid, acc.stage, {"records": acc.processed})
     for k, v in counts.items():
         acc.counts[k] = acc.counts.get(k, 0) + v
 
@@ -355,7 +366,7 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         run = runs.get_run(c, ctx.t, sid)
     state = run.get("stage_state") or {}
     acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
-    mapper = _mapper(ctx, run)
+    mapper = mapper_for_run(ctx, run)
     with _stage(ctx, plan, "transform_load") as extra, Writer("transform-write") as writer:
         # PostgreSQL writes batch N while this thread reads and maps batch N+1; checkpoints stay
         # in key order. (Reading in a third thread as well measured no faster on two cores.)
@@ -399,23 +410,23 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     out = {"checked": len(missing), "deleted": 0, "refreshed": 0, "conflicted": 0}
     if not missing:
         return out
-    mapper = _mapper(ctx, run)
-    acc = LoadProgress()
+    mapper = mapper_for_run(ctx, run)
+    # continue transform_load's watermark: the refreshed listings add to it, never replace it
+    acc = LoadProgress(stage="reconcile", max_modified=_dt((run.get("stage_state") or {}).get("max_modified")))
+    key_field = p.roles().key
     with _stage(ctx, plan, "reconcile") as extra, ctx.source() as source:
         found: set[str] = set()
-        for i in range(0, len(missing), RECONCILE_KEYS_PER_QUERY):
-            chunk = tuple(missing[i:i + RECONCILE_KEYS_PER_QUERY])
-            for page in source.pages(SearchCriteria(listing_keys=chunk)):
-                batch = []
-                for rec in page.records:
-                    k = _key_of(ctx, rec)
-                    if k:
-                        found.add(k)
-                        batch.append((k, rec, bool(rec.get(raw_store.DELETED_MARKER))))
-                if batch:
-                    with ctx.db.begin() as c:
-                        raw_store.land(c, t, p.provider_id, sid, [(k, r) for k, r, _ in batch])
-                    load_records(ctx, plan, mapper, batch, acc)
+        for page in pages_for_keys(source, missing):
+            batch = []
+            for rec in page.records:
+                k = _key_of(key_field, rec)
+                if k:
+                    found.add(k)
+                    batch.append((k, rec, raw_store.is_deleted(rec)))
+            if batch:
+                with ctx.db.begin() as c:
+                    raw_store.land(c, t, p.provider_id, sid, [(k, r) for k, r, _ in batch])
+                load_records(ctx, plan, mapper, batch, acc)
         vanished = [k for k in missing if k not in found]
         with ctx.db.begin() as c:
             gone = prop_store.remove_listings(c, t, p.provider_id, vanished, "not in the MLS (full sync)",
@@ -508,7 +519,7 @@ def status_poll(ctx: SyncContext) -> dict[str, Any]:
         for page in source.pages(SearchCriteria(modified_since=since, select=select)):
             updates = []
             for rec in page.records:
-                key = _key_of(ctx, rec)
+                key = _key_of(roles.key, rec)
                 if not key:
                     continue
                 seen += 1
@@ -516,7 +527,7 @@ def status_poll(ctx: SyncContext) -> dict[str, Any]:
                 mod = row.get("mls_modified_at")
                 if mod and mod > newest:
                     newest = mod
-                st = "Delete" if rec.get(raw_store.DELETED_MARKER) else row.get("status")
+                st = "Delete" if raw_store.is_deleted(rec) else row.get("status")
                 if st in STANDARD_STATUSES:
                     updates.append({"k": key, "st": st, "ms": row.get("mls_status"),
                                     "sc": row.get("status_changed_at"), "act": Mapper.is_active({"status": st})})

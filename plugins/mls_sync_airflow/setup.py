@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import sys
 
-from mls_sync.config import ConfigError, load_provider, provider_paths
+from mls_sync.config import ConfigError, load_providers
 
 
 def ensure_pools() -> list[tuple[str, int]]:
     from airflow.models.pool import Pool
 
     made: list[tuple[str, int]] = []
-    for path in provider_paths():
-        try:
-            cfg = load_provider(path)
-        except ConfigError as exc:  # its DAG reports the problem; a pool can wait for the fix
-            print(f"skipping {path.name}: {exc}", file=sys.stderr)
+    for path, cfg in load_providers():
+        if isinstance(cfg, ConfigError):  # its DAG reports the problem; a pool can wait for the fix
+            print(f"skipping {path.name}: {cfg}", file=sys.stderr)
             continue
-        name = f"mls_{cfg.provider_id}"
+        name = cfg.pool()
         Pool.create_or_update_pool(name, cfg.limits.pool_slots,
                                    f"MLS provider {cfg.name}: concurrent tasks against its servers",
                                    include_deferred=False)

@@ -323,3 +323,60 @@ def test_error_rate_over_threshold_raises_an_alert(mls, db) -> None:
     result = sync.finalize(ctx, plan, [])
     assert out["failed"] > 0 and result["error_rate"] > 0.05
     assert any("error rate" in a for a in result["alerts"])
+
+
+def test_reconcile_keeps_the_runs_watermark(mls, db) -> None:
+    """A listing held as active that the MLS has since closed (with an old timestamp) is refreshed by
+    reconcile; the watermark must stay the newest record of the whole run, not of reconcile's few."""
+    from mls_sync import sync
+
+    off_market = [k for k in mls.all_keys() if mls.listing(k)["StandardStatus"] not in ACTIVE_STATUSES]
+    oldest = min(off_market, key=lambda k: _ts(mls.listing(k)["ModificationTimestamp"]))
+    with db.begin() as c:  # we still think it is on the market
+        prop_store.upsert_rows(c, tables(db), "demo_reso", "mls_wins",
+                               [({"listing_key": oldest, "mls_listing_id": oldest, "status": "Active"}, "h")], None)
+    ctx = _engine_ctx(db)
+    plan = sync.plan(ctx, dag_id="t", dag_run_id="full", conf={**NO_PHOTOS, "mode": "full"})
+    sync.fetch(ctx, plan)
+    sync.transform_load(ctx, plan)
+    assert sync.reconcile(ctx, plan)["refreshed"] == 1
+    sync.finalize(ctx, plan, [])
+    assert scalar(db, "SELECT status FROM properties WHERE listing_key = :k", k=oldest) == \
+        mls.listing(oldest)["StandardStatus"]
+    newest = max(_ts(r["ModificationTimestamp"]) for r in _expected_active(mls).values())
+    assert scalar(db, "SELECT watermark_after FROM mls_sync_history WHERE id = :i", i=plan["sync_id"]) == newest
+    assert scalar(db, "SELECT watermark FROM mls_sync_status") == newest
+
+
+def test_records_without_a_key_are_one_error_row_per_page(db) -> None:
+    """Keyless records are logged and skipped: one error row per page saying how many, with a
+    sample payload; pages of the retry pass do not overwrite those of the main walk."""
+    from mls_sync import sync
+    from mls_sync.config import find_provider
+    from mls_sync.connections import Connection
+    from mls_sync.sources.base import Page, Source
+
+    class TwoPages(Source):
+        def check(self):  # pragma: no cover - not used by fetch
+            return {}
+
+        def metadata(self):  # pragma: no cover
+            return {}
+
+        def photos(self, listing_keys):  # pragma: no cover
+            return iter(())
+
+        def pages(self, criteria, resume_from=None):
+            for n in (1, 2):
+                yield Page([{"ListingKey": f"K{n}", "ModificationTimestamp": "2024-01-01T00:00:00Z"},
+                            {"ListingKey": "", "City": f"a{n}"}, {"City": f"b{n}"}], {"page": n}, n)
+
+    cfg = find_provider("demo_reso")
+    ctx = sync.SyncContext(provider=cfg, db=db, mls=Connection(cfg.connection_id),
+                           source_factory=lambda *a: TwoPages())
+    plan = sync.plan(ctx, dag_id="t", dag_run_id="keyless", conf=NO_PHOTOS)
+    assert sync.fetch(ctx, plan)["records"] == 2
+    errs = rows(db, "SELECT ref, message, payload FROM mls_sync_errors WHERE stage = 'fetch' ORDER BY ref")
+    assert [e["message"] for e in errs] == ["2 record(s) without ListingKey on page 1",
+                                            "2 record(s) without ListingKey on page 2"]
+    assert len({e["ref"] for e in errs}) == 2 and errs[0]["payload"] == {"ListingKey": "", "City": "a1"}

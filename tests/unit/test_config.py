@@ -104,3 +104,19 @@ def test_reso_selects_only_mapped_and_role_fields() -> None:
     assert {"ListingKey", "ModificationTimestamp", "ListPrice", "PhotosChangeTimestamp"} <= set(select)
     assert "ListAgentEmail" not in select and len(select) == len(set(select))
     assert find_provider("demo_rets", MAPPINGS).select_fields() == ()  # RETS fetches every field
+
+
+def test_load_providers_rereads_only_changed_files(tmp_path) -> None:
+    """The dashboard lists providers every few seconds: unchanged YAMLs are not parsed again, an
+    edited one is, and a broken one comes back as its error instead of hiding the others."""
+    from mls_sync.config import load_providers
+
+    src = (MAPPINGS / "demo_reso.yaml").read_text()
+    (tmp_path / "demo_reso.yaml").write_text(src)
+    (tmp_path / "broken.yaml").write_text("provider_id: [")
+    first = load_providers(tmp_path)
+    assert load_providers(tmp_path) is first  # nothing changed: the same parsed objects
+    [(_, broken), (_, good)] = first
+    assert isinstance(broken, ConfigError) and "not valid YAML" in str(broken)
+    (tmp_path / "demo_reso.yaml").write_text(src.replace(f"name: {good.name}", "name: Renamed MLS"))
+    assert load_providers(tmp_path)[1][1].name == "Renamed MLS"

@@ -291,7 +291,8 @@ def test_photo_timeout_and_byte_budget(fake: FakeReso) -> None:
     photos = list(src.photos(["K00001"]))
     assert photos[0].data and photos[0].error is None
     assert photos[1].data is None and "ReadTimeout" in (photos[1].error or "")
-    assert src.client.limiter.bytes == len(photos[0].data)
+    # the photo's bytes count, with the metadata queries that listed it; the timed-out one adds none
+    assert src.client.limiter.bytes == src.stats["bytes"] > len(photos[0].data)
 
 
 def test_concurrent_downloads_share_one_token_refresh(fake: FakeReso) -> None:
@@ -318,3 +319,11 @@ def test_an_html_page_instead_of_json_is_a_clear_server_error(fake: FakeReso) ->
     fake.queue.append((200, "<html><body>Maintenance</body></html>", {"Content-Type": "text/html"}))
     with pytest.raises(ServerError, match=r"not JSON.*text/html"):
         list(make_source(page_size=4).pages(SearchCriteria()))
+
+
+def test_query_pages_and_tokens_count_against_the_byte_budget(fake: FakeReso) -> None:
+    """Providers cap bytes per hour for the whole API (MLS Grid: 4 GB/h), not only for photos."""
+    src = make_source(page_size=4)
+    pages = list(src.pages(SearchCriteria()))
+    assert keys_of(pages)
+    assert src.client.limiter.bytes == src.stats["bytes"] > 0

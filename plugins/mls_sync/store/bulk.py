@@ -1,7 +1,7 @@
 """Bulk writes as one JSON document per batch.
 
 A batch of rows is encoded by msgspec (in C) into one JSON array and sent as a single parameter;
-PostgreSQL turns it back into typed rows with `json_populate_recordset` (also in C), and one
+PostgreSQL turns it back into typed rows with `json_to_recordset` (also in C), and one
 `INSERT .. SELECT .. ON CONFLICT` writes them. Binding 1,000 rows x 35 columns as parameters
 spent most of a load in the driver, and COPY's text format needed a Python call per value.
 """

@@ -21,6 +21,11 @@ DELETED_MARKER = "__deleted__"
 _decode = msgspec.json.Decoder().decode
 
 
+def is_deleted(record: dict[str, Any]) -> bool:
+    """The source marked this record removed (RESO MlgCanView=false)."""
+    return bool(record.get(DELETED_MARKER))
+
+
 def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
          records: Sequence[tuple[str, dict[str, Any]]]) -> int:
     """Upsert (listing_key, record) pairs for this run; returns how many were landed."""
@@ -30,7 +35,7 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     # a page may repeat a key (a listing modified mid-walk); the last copy wins
     latest = dict(records)
     rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
-             "deleted": bool(rec.get(DELETED_MARKER))} for k, rec in latest.items()]
+             "deleted": is_deleted(rec)} for k, rec in latest.items()]
     cols = list(rows[0])
     src = bulk.json_rows(r, cols, rows)
     stmt = pg_insert(r).from_select(cols, sa.select(*[src.c[c] for c in cols]))

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from mls_sync.config import ConfigError, ProviderConfig, load_provider, provider_paths
+from mls_sync.config import ConfigError, ProviderConfig, load_providers
 from mls_sync.run_options import RunOptions, RunOptionsError
 from mls_sync.store import conflicts as conflict_store
 from mls_sync.store import errors as err_store
@@ -75,13 +75,12 @@ class Provider:
 def all_providers() -> list[Provider]:
     """Every provider YAML, including broken ones (shown with their error, never hidden)."""
     out = []
-    for path in provider_paths():
-        try:
-            cfg = load_provider(path)
-        except ConfigError as exc:
-            out.append(Provider(path.stem, f"mls_sync__{path.stem}", path.stem, "?", None, False, None, str(exc)))
-            continue
-        out.append(Provider(cfg.provider_id, cfg.dag_id(), cfg.name, cfg.protocol, cfg.schedule, cfg.enabled, cfg))
+    for path, cfg in load_providers():
+        if isinstance(cfg, ConfigError):
+            out.append(Provider(path.stem, f"mls_sync__{path.stem}", path.stem, "?", None, False, None, str(cfg)))
+        else:
+            out.append(Provider(cfg.provider_id, cfg.dag_id(), cfg.name, cfg.protocol, cfg.schedule, cfg.enabled,
+                                cfg))
     return out
 
 
@@ -229,7 +228,7 @@ def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], u
     card.update(
         provider_id=p.provider_id, name=p.name, protocol=p.protocol.upper(), dag_id=p.dag_id, schedule=p.schedule,
         config_error=p.config_error, state=state, display_state="queued" if queued else state,
-        never_run=status_row is None, paused=dag.get("is_paused"), known_to_airflow=dag.get("known"),
+        paused=dag.get("is_paused"), known_to_airflow=dag.get("known"),
         progress=s.get("progress") or {}, last_run=last, next_run_after=dag.get("next_run_after"),
         next_run_due=bool(dag.get("next_run_after") and dag["next_run_after"] <= datetime.now(UTC)),
         active_run=active, dag_url=dag_url(p.dag_id), last_run_url=run_url(p.dag_id, last_run_id),
@@ -353,10 +352,7 @@ def _run(user: Any, run_id: int) -> dict[str, Any]:
     run["run_url"] = run_url(run["dag_id"], run["dag_run_id"]) if run["dag_id"] else None
     total = sum(s for _, s in run["timings"]) or 1.0
     run["timing_bars"] = [(name, secs, round(100 * secs / total, 1)) for name, secs in run["timings"]]
-    dag_id = next(p.dag_id for p in providers if p.provider_id == run["provider_id"])
-    can_edit = allowed(user, dag_id, "edit")
-    for e in run["errors"]:
-        e["can_edit"] = can_edit and e["state"] != "resolved"
+    _mark_editable(user, providers, run["errors"], "resolved")
     return run
 
 

@@ -209,6 +209,7 @@ class ODataClient:
             for name, value in resp.headers.items():
                 if name.lower().startswith(QUOTA_HEADER_PREFIXES):
                     self.stats["quota"][name] = value
+        self.limiter.record_bytes(len(resp.content))  # pages, tokens and photos all count against byte caps
         log.debug("%s %s -> %s (%d bytes)", method, urlsplit(url).path, resp.status_code, len(resp.content))
         return resp
 

@@ -90,7 +90,6 @@ class MediaDownloader:
             out.error = str(exc)
             return out
         ctype = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        self.client.limiter.record_bytes(len(resp.content))
         out.content_type = ctype or None
         if not ctype.startswith("image/"):
             out.error = f"not an image (Content-Type {ctype or 'missing'})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -27,6 +28,13 @@ from mls_sync.sources.rets.compact import parse_bytes
 from mls_sync.sources.rets.errors import SessionExpired, http_error, reply_error
 
 log = logging.getLogger(__name__)
+_CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", re.I)
+
+
+def charset_of(resp: requests.Response) -> str | None:
+    """The charset the server declared (requests guesses ISO-8859-1 for text/*; we do not)."""
+    m = _CHARSET.search(resp.headers.get("Content-Type", ""))
+    return m.group(1) if m else None
 T = TypeVar("T")
 CHUNK = 64 * 1024
 SESSION_COOKIE = "RETS-Session-ID"
@@ -199,7 +207,7 @@ class RetsSession:
             if resp.status_code != 200:
                 raise self._scrub(self._status_error(resp, "Login"))
             body = self.read_all(resp, cap=4 * 1024 * 1024)
-        info = parse_login(body, self.login_url, resp.encoding)
+        info = parse_login(body, self.login_url, charset_of(resp))
         if info.code is None:
             raise self._scrub(ServerError(f"Login: {self.login_url} did not answer with a RETS reply",
                                           body=body[:300].decode("utf-8", "replace")))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, tzinfo
 from typing import TYPE_CHECKING, Any
@@ -28,21 +27,14 @@ from mls_sync.sources.rets.errors import EMPTY_CODES, MAX_RECORDS, NO_OBJECT, re
 from mls_sync.sources.rets.getobject import group_by_listing, object_ids, split_reply
 from mls_sync.sources.rets.metadata import Lookups, parse_metadata, table_summary, time_zone_offset
 from mls_sync.sources.rets.search import PageResult, SearchWalk
-from mls_sync.sources.rets.session import RetsSession
+from mls_sync.sources.rets.session import RetsSession, charset_of
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig, RetsSettings
     from mls_sync.connections import Connection
 
 log = logging.getLogger(__name__)
-_CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", re.I)
 POST_ABOVE = 1800  # characters of query; longer queries go as POST bodies (URL limits)
-
-
-def charset_of(resp: requests.Response) -> str | None:
-    """The charset the server declared (requests guesses ISO-8859-1 for text/*; we do not)."""
-    m = _CHARSET.search(resp.headers.get("Content-Type", ""))
-    return m.group(1) if m else None
 
 
 def _header_pairs(resp: requests.Response) -> list[tuple[str, str]]:
@@ -267,7 +259,7 @@ class RetsSource(Source):
 
         Cursor: {"v": 1, "chunk": i, "state": {...walk state...}, "page": n} or {"v": 1, "done": true}.
         The walk state is {"mode": "offset", "offset": next 1-based offset, "head": first key}
-        or {"mode": "window", "stack": [[from, to, key_prefix, excluded_prefixes], ...], "span": ms}.
+        or {"mode": "window", "stack": [[from, to, key_prefix, excluded_prefixes], ...]}.
         """
         cursor = dict(resume_from or {})
         if cursor.get("done"):
@@ -345,6 +337,9 @@ class RetsSource(Source):
                                 continue
                             if photo.url and photo.data is None and photo.error is None:
                                 self._download(photo, resp.url)
+                            if photo.modified is not None and photo.modified.tzinfo is None:
+                                # ObjectModificationTimestamp is server-local, like every RETS time
+                                photo.modified = photo.modified.replace(tzinfo=self.zone())
                             done.add(ident)
                             yield photo
                 return
