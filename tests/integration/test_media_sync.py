@@ -34,17 +34,9 @@ SIZES = {"thumbnail": 320, "medium": 800, "large": 1600}
 TYPES = {"webp": ("image/webp", "WEBP"), "jpeg": ("image/jpeg", "JPEG")}
 
 
-def rets_ready() -> str | None:
-    try:
-        from mls_sync.sources.rets import RetsSource  # noqa: F401
-    except ImportError as exc:
-        return f"RETS source not importable yet ({exc})"
-    return None
-
-
 PROVIDERS = [
     pytest.param("demo_reso", id="reso"),
-    pytest.param("demo_rets", id="rets", marks=pytest.mark.skipif(bool(rets_ready()), reason=str(rets_ready()))),
+    pytest.param("demo_rets", id="rets"),
 ]
 
 

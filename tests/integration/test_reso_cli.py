@@ -19,10 +19,7 @@ import pytest
 from mock_mls import MockMLS
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (ROOT / "plugins/mls_sync/cli.py").exists(), reason="mls_sync/cli.py not written yet"),
-]
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -39,8 +39,6 @@ def _pages(engine: sa.Engine, sid: int) -> int:
 
 @pytest.mark.parametrize("provider_id", ["demo_reso", "demo_rets"])
 def test_killed_fetch_resumes_without_duplicates(provider_id, mock_mls_factory, db, db_url) -> None:
-    if provider_id == "demo_rets":
-        pytest.importorskip("mls_sync.sources.rets", reason="RETS source not available")
     mls = mock_mls_factory(listings=3000, seed=5, photos_per_listing=1)
     mls.configure(max_page_size=200, row_cap=200, latency=0.2)
     env = {**os.environ, **mls_connections(mls.url, mls.credentials), "MLS_DATABASE_URL": db_url,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -99,6 +99,8 @@ def test_time_zones(value: str, expected: int) -> None:
 
 
 def test_iana_zone_and_bad_zone() -> None:
-    assert parse_time_zone("America/Chicago") is not None
+    chicago = parse_time_zone("America/Chicago")
+    assert datetime(2024, 1, 15, 12, tzinfo=chicago).utcoffset() == timedelta(hours=-6)
+    assert datetime(2024, 7, 15, 12, tzinfo=chicago).utcoffset() == timedelta(hours=-5)  # daylight time
     with pytest.raises(ValueError, match="unknown time zone"):
         parse_time_zone("Mars/Olympus")

@@ -32,9 +32,11 @@ class FakeServer:
         self.records = sorted(records, key=lambda r: r["K"])
         self.cap, self.mode = cap, offset_mode
         self.calls = 0
+        self.offsets: list[int | None] = []
 
     def fetch(self, query: str, offset: int | None) -> PageResult:
         self.calls += 1
+        self.offsets.append(offset)
         if offset is not None and self.mode == "reject":
             raise QueryError("Offset not supported", code=20203)
         rows = self.records
@@ -84,6 +86,8 @@ def test_resume_from_a_cursor_in_window_mode() -> None:
     rest, last = walk(server, state=json.loads(json.dumps(cursor)))
     assert last is None
     assert set(first) | set(rest) == {r["K"] for r in records}
+    # it carried on from the cursor: at most the window in progress comes again, not the whole walk
+    assert len(first) + len(rest) <= len(records) + server.cap
 
 
 def test_resume_from_a_cursor_in_offset_mode() -> None:
@@ -106,6 +110,7 @@ def test_offset_never_goes_straight_to_windows() -> None:
     server = FakeServer(records, cap=300, offset_mode="honour")
     keys, _ = walk(server, mode="never")
     assert sorted(keys) == sorted(r["K"] for r in records)
+    assert server.offsets and all(o is None for o in server.offsets)  # never sent an Offset
 
 
 def test_window_walk_yields_each_record_once_beyond_the_dedupe_memory() -> None:
