@@ -1,4 +1,5 @@
-"""Peak resident memory of the bench process, its children and other watched processes (the mock).
+"""Peak resident memory and CPU seconds of the bench process, its children, other watched processes
+(the mock, the S3 endpoint) and the PostgreSQL server.
 
 The sampling runs in a process of its own: walking /proc ten times a second costs CPU, and on a
 thread of the bench process it also held the GIL against the sync being measured (whose fetch
@@ -18,14 +19,31 @@ import psutil
 MB = 1024 * 1024
 
 
+def _cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+def _postgres() -> list[psutil.Process]:
+    """The PostgreSQL server's processes (backends come and go with connections)."""
+    out = []
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info.get("name") or "").startswith("postgres"):
+            out.append(proc)
+    return out
+
+
 class _Sampler:
-    """The monitor process's state: roles by pid and the peak RSS seen per pid."""
+    """The monitor process's state: roles by pid, the peak RSS seen per pid, and CPU seconds per
+    pid since the last reset (a process that started since then counts from zero)."""
 
     def __init__(self, root: int) -> None:
         self.root = root
         self.me = os.getpid()
         self.roles: dict[int, str] = {root: "bench"}
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.cpu_start: dict[int, float] = {}
+        self.cpu_seen: dict[int, tuple[str, float]] = {}
 
     def _procs(self) -> list[tuple[psutil.Process, str]]:
         out: list[tuple[psutil.Process, str]] = []
@@ -47,21 +65,44 @@ class _Sampler:
             try:
                 rss = proc.memory_info().rss
                 name = role if role != "child" else f"child:{proc.name()}"
+                self.cpu_seen[proc.pid] = (name, _cpu(proc))
             except psutil.Error:
                 continue
             prev = self.peaks.get(proc.pid)
             if prev is None or rss > prev[1]:
                 self.peaks[proc.pid] = (name, rss)
 
+    def _sample_postgres(self) -> None:
+        for proc in _postgres():
+            with contextlib.suppress(psutil.Error):
+                self.cpu_seen[proc.pid] = ("postgres", _cpu(proc))
+
+    def reset(self) -> None:
+        self.peaks = {}
+        self.cpu_seen = {}
+        self.sample()
+        self._sample_postgres()
+        self.cpu_start = {pid: cpu for pid, (_, cpu) in self.cpu_seen.items()}
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds (user + system) per role since the last reset; exited processes count up to
+        their last sample."""
+        self._sample_postgres()
+        by: dict[str, float] = {}
+        for pid, (name, cpu) in self.cpu_seen.items():
+            by[name] = by.get(name, 0.0) + cpu - self.cpu_start.get(pid, 0.0)
+        return {k: round(v, 2) for k, v in sorted(by.items())}
+
     def peak(self) -> dict[str, Any]:
         self.sample()
         if not self.peaks:
-            return {"process": None, "pid": None, "rss_mb": 0.0, "by_process": {}}
+            return {"process": None, "pid": None, "rss_mb": 0.0, "by_process": {}, "cpu_seconds": self.cpu()}
         pid, (name, rss) = max(self.peaks.items(), key=lambda kv: kv[1][1])
         by: dict[str, float] = {}
         for n, r in self.peaks.values():
             by[n] = max(by.get(n, 0.0), round(r / MB, 1))
-        return {"process": name, "pid": pid, "rss_mb": round(rss / MB, 1), "by_process": by}
+        return {"process": name, "pid": pid, "rss_mb": round(rss / MB, 1), "by_process": by,
+                "cpu_seconds": self.cpu()}
 
 
 def _serve(conn: Connection, root: int, interval: float) -> None:
@@ -74,7 +115,7 @@ def _serve(conn: Connection, root: int, interval: float) -> None:
         if cmd == "watch":
             s.roles[args[0]] = args[1]
         elif cmd == "reset":
-            s.peaks = {}
+            s.reset()
         elif cmd == "peak":
             conn.send(s.peak())
         elif cmd == "stop":
@@ -82,7 +123,8 @@ def _serve(conn: Connection, root: int, interval: float) -> None:
 
 
 class RssMonitor:
-    """Samples RSS every `interval` seconds in a child process; `peak()` names the largest seen.
+    """Samples RSS every `interval` seconds in a child process; `peak()` names the largest seen
+    and gives each role's CPU seconds since `reset()`.
 
     Watches this process, all its descendants (Airflow task runners, the photo pool, peer
     subprocesses) and any extra pid registered with `watch(pid, role)` (the mock MLS).
@@ -105,7 +147,7 @@ class RssMonitor:
         self._send("reset")
 
     def peak(self) -> dict[str, Any]:
-        """{"process", "pid", "rss_mb", "by_process": {name: mb}} for the samples since `reset()`."""
+        """{"process", "pid", "rss_mb", "by_process": {name: mb}, "cpu_seconds": {name: s}} since `reset()`."""
         self._send("peak")
         assert self._conn is not None
         return self._conn.recv()

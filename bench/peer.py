@@ -4,6 +4,10 @@
 prints one JSON line: seconds and CPU seconds (search walk only; login and metadata warm-up excluded), unique keys,
 rows received, requests, peak RSS (VmHWM) and RSS after login, plus RSS samples along the walk.
 Neither keeps the records: both count keys, as a streaming consumer would.
+
+Both walk the same pages: the mock caps a reply at 2,500 rows like real servers, so the `rets`
+package (Limit=9999999, then Offset after each MAXROWS) and ours (Limit=2500) send the same
+number of searches; each result lists its requests.
 """
 
 from __future__ import annotations
@@ -88,6 +92,9 @@ def walk_rets(provider_id: str, query: str, fmt: str) -> dict[str, Any]:
                            http_auth="digest", user_agent=extra.get("user_agent", "Python RETS"),
                            user_agent_password=extra.get("ua_password"), use_post_method=False, timeout=300)
     session.login()
+    searches: list[str] = []  # the search requests it sends, to compare with ours
+    session.client.hooks["response"].append(
+        lambda r, *a, **k: searches.append(r.url) if "/rets/search" in r.url else None)
     base = _rss()
     key = cfg.roles().key
     keys: set[str] = set()
@@ -103,7 +110,9 @@ def walk_rets(provider_id: str, query: str, fmt: str) -> dict[str, Any]:
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu
     with contextlib.suppress(Exception):  # the peer's logout is not what we measure
         session.logout()
-    return {"seconds": seconds, "cpu_seconds": cpu, "unique_keys": len(keys), "rows": rows, "requests": None,
+    limits = [parse_qs(urlsplit(u).query).get("Limit", [""])[0] for u in searches]
+    return {"seconds": seconds, "cpu_seconds": cpu, "unique_keys": len(keys), "rows": rows,
+            "requests": len(searches), "limits": sorted(set(limits)),
             "rss_after_login_mb": round(base, 1), "samples_mb": samples[:: max(1, len(samples) // 40)]}
 
 

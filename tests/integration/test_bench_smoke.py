@@ -47,4 +47,27 @@ def test_bench_scenario_1_small(tmp_path) -> None:
     ratios = sorted(r["ratio"] for r in res["repeats"])
     assert len(ratios) == 3 and res["ratios"]["full_sync_vs_floor"] == ratios[1]
     assert all(t["status"] in ("PASS", "MISS", "n/a") for t in res["targets"])
+    # who used the cores: the sync itself, the database and the mock all did work
+    cpu = res["cpu_seconds_by_process"]
+    assert cpu["bench"] > 0 and cpu["postgres"] > 0 and cpu["mock"] > 0, cpu
+    assert "CPU seconds by process" in proc.stdout
     assert len(list(tmp_path.glob("*.json"))) == 2  # <timestamp>.json and latest.json
+
+
+@pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),
+                    reason="needs the PostgreSQL on 127.0.0.1:5432")
+def test_bench_peer_pairs_walk_the_same_pages(tmp_path) -> None:
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    cmd = [sys.executable, "-m", "bench", "1", "--listings", "6000", "--peer-only", "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [res] = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    assert res["error"] is None, res.get("traceback")
+    ours, theirs = res["peer"]["ours"], res["peer"]["rets"]
+    # the mock caps a reply at 2,500 rows: both clients page through the same searches
+    assert ours["requests"] == theirs["requests"] >= 2
+    assert ours["unique_keys"] == theirs["unique_keys"] > 2500
+    assert res["notes"] == []
+    # three interleaved pairs; the quoted ratio is the median pair's
+    ratios = sorted(r["ratio"] for r in res["repeats"])
+    assert len(ratios) == 3 and res["ratios"]["ours_vs_rets_time"] == ratios[1]
