@@ -209,6 +209,35 @@ def row_hash(row: dict[str, Any]) -> str:
     return hashlib.md5(_HASH_ENCODER.encode(row), usedforsecurity=False).hexdigest()
 
 
+_MISS = object()
+# Types whose values repeat across a feed (bedrooms, baths, years, prices, statuses, feature lists):
+# normalizing each distinct raw value once saves most of their cost. Free text and timestamps are
+# nearly unique per listing in real feeds, so they are not memoized.
+_MEMO_TYPES = frozenset({"int", "decimal", "money", "date", "bool", "lookup", "list", "status"})
+
+
+class _Memo:
+    """Normalized values by raw value for one field, bounded; switches itself off when it does
+    not pay (a field that turns out unique per listing, such as latitude)."""
+
+    LIMIT = 4096
+
+    __slots__ = ("active", "hits", "values")
+
+    def __init__(self) -> None:
+        self.values: dict[str, Any] = {}  # text only: 1, 1.0 and True are one dict key
+        self.hits = 0
+        self.active = True
+
+    def remember(self, raw: str, value: Any) -> None:
+        self.values[raw] = value
+        if len(self.values) >= self.LIMIT:
+            # full: keep it while it serves more lookups than it stores, else drop it
+            self.active = False
+            if self.hits < len(self.values):
+                self.values = {}
+
+
 class Mapper:
     """Maps records of one provider; build once per task, it caches the field plan."""
 
@@ -216,20 +245,25 @@ class Mapper:
         self.provider = provider
         self.time_zone = parse_time_zone(provider.timestamp_time_zone) or time_zone
         self.status_map = dict(provider.status_map)
-        # (field, column, normalizer or None for plain strings, target, required): map() runs per record
-        self._steps = [(name, t.column, None if t.type == "string" else NORMALIZERS[t.type], t, t.required)
-                       for name, t in provider.field_items()]
+        # (field, column, normalizer or None for plain strings, target, required, memo): map() runs
+        # per record; a memo (see _Memo) for types whose values repeat across listings
+        self._steps = [(name, t.column, None if t.type == "string" else NORMALIZERS[t.type], t, t.required,
+                        _Memo() if t.type in _MEMO_TYPES else None) for name, t in provider.field_items()]
 
     def map(self, record: dict[str, Any]) -> Mapped:
         row: dict[str, Any] = {}
         warnings: list[str] = []
         get = record.get
-        for name, column, fn, target, required in self._steps:
+        for name, column, fn, target, required, memo in self._steps:
             raw = get(name)
             if raw is None or raw == "":  # every normalizer maps these to NULL
                 value = None
             elif fn is None and type(raw) is str:
                 value = raw.strip() or None
+            elif memo is not None and type(raw) is str and (value := memo.values.get(raw, _MISS)) is not _MISS:
+                memo.hits += 1
+                if type(value) is list:  # rows are the caller's to change: never share a list
+                    value = list(value)
             else:
                 try:
                     value = (fn or n_string)(raw, target, self)
@@ -238,6 +272,9 @@ class Mapper:
                         return Mapped(None, rejected=f"required field {name} ({column}): {exc}")
                     warnings.append(f"field {name} ({column}): {exc}; stored as NULL")
                     value = None
+                else:
+                    if memo is not None and memo.active and type(raw) is str:
+                        memo.remember(raw, list(value) if type(value) is list else value)
             if value is None and required:
                 return Mapped(None, rejected=f"required field {name} ({column}) is missing or empty")
             row[column] = value
@@ -248,7 +285,7 @@ class Mapper:
     def map_columns(self, record: dict[str, Any], columns: set[str]) -> dict[str, Any]:
         """Best-effort values for a few columns (the status poll's narrow records); bad values -> None."""
         out: dict[str, Any] = {}
-        for name, column, fn, target, _ in self._steps:
+        for name, column, fn, target, _, _ in self._steps:
             if column in columns and name in record:
                 try:
                     out[column] = (fn or n_string)(record[name], target, self)

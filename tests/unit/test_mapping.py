@@ -80,6 +80,34 @@ def test_row_hash_changes_only_with_content(rets_mapper: Mapper) -> None:
     assert row_hash({"a": 1, "b": 2}) == row_hash({"b": 2, "a": 1})
 
 
+def test_repeated_values_map_the_same_every_time(rets_mapper: Mapper) -> None:
+    """Repeating fields are normalized once per distinct value; rows must not notice."""
+    first = [rets_mapper.map(_record(LIST_1=f"K{i}", LIST_66=str(i % 3))) for i in range(6)]
+    # records 3-5 take every repeating value from the memo that records 0-2 filled
+    for i in range(3):
+        assert first[i + 3].row == {**first[i].row, "listing_key": f"K{i + 3}"}
+    assert first[3].row["bedrooms"] == 0 and first[4].row["price"] == Decimal("1250000.50")
+    # a list from a remembered value is the row's own: changing it changes no other row
+    first[0].row["interior_features"].append("Pool")
+    assert rets_mapper.map(_record()).row["interior_features"] == ["Granite Counters", "Fireplace"]
+    # a bad value is not remembered: it warns on every record that carries it
+    for _ in range(3):
+        m = rets_mapper.map(_record(LIST_66="3.5"))
+        assert m.row["bedrooms"] is None and any("whole number" in w for w in m.warnings)
+
+
+def test_memo_switches_off_for_fields_unique_per_listing(rets_mapper: Mapper) -> None:
+    memo = {col: memo for _, col, _, _, _, memo in rets_mapper._steps}
+    limit = type(memo["latitude"]).LIMIT
+    for i in range(limit + 10):
+        rets_mapper.map(_record(LIST_46=f"30.{i:06d}", LIST_66="3"))
+    # latitude never repeated: the memo gave up and holds nothing; bedrooms keeps serving
+    assert not memo["latitude"].active and memo["latitude"].values == {}
+    assert memo["bedrooms"].active and memo["bedrooms"].values == {"3": 3}
+    assert memo["public_remarks"] is None  # free text is never memoized
+    assert rets_mapper.map(_record(LIST_46="30.5")).row["latitude"] == Decimal("30.5")
+
+
 def test_reso_values_arrive_typed() -> None:
     mapper = Mapper(find_provider("demo_reso", MAPPINGS))
     rec = {"ListingKey": "K1", "ListingId": "MLS1", "StandardStatus": "Closed", "ListPrice": 350000,
