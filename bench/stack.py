@@ -117,16 +117,23 @@ class Mock:
 
 
 @contextmanager
-def mock_mls(listings: int, *, photos_per_listing: int = 2, seed: int = 1, **settings: Any) -> Iterator[Mock]:
-    """A mock MLS child process with the demo connections pointed at it (AIRFLOW_CONN_MLS_DEMO_*)."""
+def mock_mls(listings: int, *, photos_per_listing: int = 2, seed: int = 1, stored_photos: bool = False,
+             **settings: Any) -> Iterator[Mock]:
+    """A mock MLS child process with the demo connections pointed at it (AIRFLOW_CONN_MLS_DEMO_*).
+
+    `stored_photos`: photos are drawn once into a folder and served from their files (see
+    `Mock.control("prerender")`), like a real server's stored photos.
+    """
     args = ["--listings", str(listings), "--seed", str(seed), "--photos-per-listing", str(photos_per_listing)]
-    with tempfile.TemporaryDirectory(prefix="mls_bench_mock_") as tmp, \
-            mock_mls_process(*args, data_dir=Path(tmp), timeout=300) as proc:
-        os.environ.update(mls_connections(proc["url"], proc["credentials"]))
-        mock = Mock(proc["url"], proc["credentials"], proc["pid"], listings)
-        if settings:
-            mock.control("configure", **settings)
-        yield mock
+    with tempfile.TemporaryDirectory(prefix="mls_bench_mock_") as tmp:
+        if stored_photos:
+            args += ["--photo-dir", str(Path(tmp) / "photos")]
+        with mock_mls_process(*args, data_dir=Path(tmp), timeout=300) as proc:
+            os.environ.update(mls_connections(proc["url"], proc["credentials"]))
+            mock = Mock(proc["url"], proc["credentials"], proc["pid"], listings)
+            if settings:
+                mock.control("configure", **settings)
+            yield mock
 
 
 def set_airflow_env() -> None:

@@ -78,14 +78,19 @@ def mock_mls_process(*args: str, data_dir: Path | None = None, timeout: float = 
             proc.wait()
 
 
+# control actions that work through the whole feed (drawing every photo takes minutes at 10,000)
+_SLOW_ACTIONS = {"prerender": 1800.0}
+
+
 def control(url: str, action: str, **body: Any) -> Any:
     """Call the mock's /_control API."""
     import requests
 
+    timeout = _SLOW_ACTIONS.get(action, 60.0)
     if body or action not in ("state", "counters"):
-        r = requests.post(f"{url}/_control/{action}", json=body, timeout=60)
+        r = requests.post(f"{url}/_control/{action}", json=body, timeout=timeout)
     else:
-        r = requests.get(f"{url}/_control/{action}", timeout=60)
+        r = requests.get(f"{url}/_control/{action}", timeout=timeout)
     r.raise_for_status()
     return r.json()
 

@@ -24,6 +24,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="generator / mutation seed (default 1)")
     p.add_argument("--photos-per-listing", type=int, default=5, help="photos per listing (default 5)")
     p.add_argument("--data-dir", default=None, help="folder for the SQLite file (default: a temp dir)")
+    p.add_argument("--photo-dir", default=None,
+                   help="keep drawn photos as files here and serve them from there (default: draw on request)")
     p.add_argument("--cluster-size", type=int, default=None,
                    help="listings sharing one bulk-update ModificationTimestamp (default 30%%, >2500)")
     p.add_argument("--control", action="store_true", help="enable the /_control HTTP API")
@@ -51,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
     core = {k: args.pop(k) for k in ("host", "port", "listings", "seed", "photos_per_listing", "data_dir",
-                                     "cluster_size", "control")}
+                                     "cluster_size", "control", "photo_dir")}
     settings: dict[str, Any] = args
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

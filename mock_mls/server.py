@@ -36,7 +36,7 @@ class MockMLS:
     def __init__(self, listings: int = 10_000, seed: int = 1, photos_per_listing: int = 5,
                  data_dir: str | Path | None = None, control: bool = False, host: str = "127.0.0.1",
                  port: int = 0, cluster_size: int | None = None, photo_cache_size: int = 64,
-                 **settings: Any) -> None:
+                 photo_dir: str | Path | None = None, **settings: Any) -> None:
         self.listings_count = listings
         self.seed = seed
         self.photos_per_listing = photos_per_listing
@@ -50,7 +50,7 @@ class MockMLS:
         self.faults = Faults()
         self.stats = Counters()
         self.limiter = RateLimiter()
-        self.photos = PhotoCache(photo_cache_size)
+        self.photos = PhotoCache(photo_cache_size, photo_dir)
         self.generator = Generator(seed, photos_per_listing)
         self._data_dir = Path(data_dir) if data_dir else None
         self._tmp: str | None = None
@@ -210,6 +210,18 @@ class MockMLS:
             return corrupt(data)
         return data
 
+    def prerender(self) -> int:
+        """Draw every photo of the feed now, into the photo folder, so that serving them later costs
+        a file read and no drawing (a benchmark's cores are shared with this server)."""
+        if self.photos.directory is None:
+            raise ValueError("prerender needs a photo folder (--photo-dir)")
+        assert self.store is not None
+        rows = self.store.query("SELECT m.* FROM media m JOIN listings l ON l.ListingKey = m.ResourceRecordKey "
+                                "WHERE l.InFeed = 1").fetchall()
+        for row in rows:
+            self.photos.get(row[1], row[2], row[3], row[4], row[5], row[6])
+        return len(rows)
+
     # --- request pipeline -------------------------------------------------------------------------
     def dispatch(self, req: Request) -> Response:
         path = req.path
@@ -298,6 +310,8 @@ class MockMLS:
                 return json_response({"clock": self.clock.now()})
             if action == "counters":
                 return json_response(self.counters())
+            if action == "prerender":
+                return json_response({"photos": self.prerender()})
             if action.startswith("listing/"):
                 found = self.listing(action.split("/", 1)[1])
                 return json_response(found) if found else odata_error(404, "no such listing")

@@ -133,3 +133,20 @@ def test_control_http_api(mls: MockMLS) -> None:
     assert requests.post(f"{base}/fault", json={"kind": "nope"}, timeout=10).status_code == 400
     key = changed["price"][0]
     assert requests.get(f"{base}/listing/{key}", timeout=10).json()["ListingKey"] == key
+
+
+def test_prerender_stores_photos_that_are_then_served_from_files(mock_mls_factory, tmp_path) -> None:
+    photos = tmp_path / "photos"
+    m = mock_mls_factory(listings=20, seed=3, photos_per_listing=2, photo_dir=photos)
+    base = f"{m.url}/_control"
+    # without a folder there is nothing to store into: a clear 400, not a silent no-op
+    plain = mock_mls_factory(listings=5, seed=3, photos_per_listing=1)
+    refused = requests.post(f"{plain.url}/_control/prerender", json={}, timeout=10)
+    assert refused.status_code == 400 and "--photo-dir" in refused.text
+    drawn = requests.post(f"{base}/prerender", json={}, timeout=60).json()["photos"]
+    files = sorted(photos.glob("*.jpg"))
+    assert drawn == len(files) > 20  # every in-feed listing's photos (the feed is 20 listings, 2 each)
+    key = m.active_keys()[0]
+    got = requests.get(f"{m.url}/photos/{key}/0/1.jpg", timeout=10)
+    assert got.status_code == 200 and got.content == (photos / f"{key}_0_1.jpg").read_bytes()
+    assert Image.open(io.BytesIO(got.content)).format == "JPEG"

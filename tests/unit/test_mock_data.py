@@ -96,3 +96,16 @@ def test_photo_cache_is_bounded() -> None:
     for order in range(4):
         cache.get("k", order, 1, 64, 48, 0)
     assert len(cache._items) == 2
+
+
+def test_photo_folder_draws_each_photo_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = PhotoCache(size=1, directory=tmp_path)
+    first = cache.get("k/1", 0, 1, 64, 48, 0)
+    assert first == render("k/1", 0, 1, 64, 48, 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["k_1_0_1.jpg"]  # no temp files left behind
+
+    def no_drawing(*_: object) -> bytes:
+        raise AssertionError("a stored photo was drawn again")
+
+    monkeypatch.setattr("mock_mls.photos.render", no_drawing)
+    assert PhotoCache(size=1, directory=tmp_path).get("k/1", 0, 1, 64, 48, 0) == first
