@@ -341,12 +341,10 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
                 warned_keys = {k for k, _, _ in warned}
                 err_store.resolve(c, t, p.provider_id, "transform_warning",
                                   [k for k in ok_keys if k not in warned_keys])
-        runs.add_counts(c, t, sid, counts)
         state: dict[str, Any] = {"transform_after": mb.last_key} if acc.stage == "transform_load" else {}
         if acc.max_modified is not None:
             state["max_modified"] = acc.max_modified.isoformat()
-        if state:
-            runs.merge_into(c, t, sid, "stage_state", state)
+        runs.add_counts(c, t, sid, counts, stage_state=state)
         acc.processed += len(good) + len(removals) + len(rejected)
         runs.mark_running(c, t, p.provider_id, sid, acc.stage, {"records": acc.processed})
     for k, v in counts.items():

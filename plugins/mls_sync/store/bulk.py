@@ -30,16 +30,22 @@ def encode_json(value: Any) -> str:
     return data.decode()
 
 
-def json_rows(like: sa.Table, columns: Sequence[str], rows: Sequence[dict[str, Any]], name: str = "src"
-              ) -> sa.TableValuedAlias:
-    """`rows` as a FROM clause typed like `like`'s columns, to select from in an INSERT.
+def json_rows(like: sa.Table, columns: Sequence[str], name: str = "src") -> sa.TableValuedAlias:
+    """A batch of rows (bound at execution with `rows_param`) as a FROM clause typed like `like`'s
+    columns, to select from in an INSERT. The statement does not depend on the rows, so callers
+    build it once per column list and reuse it for every batch.
 
     `json_to_recordset` with a column definition list converts only the columns sent; measured
     here it is about a third faster than `json_populate_recordset` over the whole row type.
     """
-    doc = sa.cast(sa.bindparam(f"{name}_rows", encode_json(rows), type_=sa.Text), JSON)
+    doc = sa.cast(sa.bindparam(f"{name}_rows", type_=sa.Text), JSON)
     return sa.func.json_to_recordset(doc).table_valued(
         *[sa.column(c, like.c[c].type) for c in columns]).render_derived(name=name, with_types=True)
+
+
+def rows_param(rows: Sequence[dict[str, Any]], name: str = "src") -> dict[str, str]:
+    """The execution parameter carrying `rows` for a `json_rows(..., name)` clause."""
+    return {f"{name}_rows": encode_json(rows)}
 
 
 def any_of(column: sa.ColumnElement[Any], values: Iterable[Any]) -> sa.ColumnElement[bool]:

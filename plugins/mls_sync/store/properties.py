@@ -7,6 +7,7 @@ that decides, per edited field, what the provider's conflict policy says.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -143,8 +144,13 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
 
 def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_edits: bool) -> list[tuple[str, bool]]:
     """One INSERT .. SELECT .. ON CONFLICT for the whole chunk, sent as one JSON document."""
-    cols = list(chunk[0])
-    src = bulk.json_rows(p, cols, chunk)
+    stmt = _upsert_statement(p, tuple(chunk[0]), touch_edits)
+    return [(key, bool(inserted)) for key, inserted in conn.execute(stmt, bulk.rows_param(chunk))]
+
+
+@functools.lru_cache(maxsize=16)
+def _upsert_statement(p: sa.Table, cols: tuple[str, ...], touch_edits: bool) -> sa.Insert:
+    src = bulk.json_rows(p, cols)
     stmt = pg_insert(p).from_select(cols, sa.select(*[src.c[c] for c in cols]))
     ex = stmt.excluded
     set_ = {c: ex[c] for c in MAPPABLE_COLUMNS if c != "listing_key"}
@@ -158,8 +164,7 @@ def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_ed
         # A listing edited locally since we looked takes the careful path next time, not a clobber.
         changed = changed & (p.c.local_edits == sa.text("'{}'::jsonb"))
     stmt = stmt.on_conflict_do_update(constraint="uq_properties_provider_listing", set_=set_, where=changed)
-    stmt = stmt.returning(p.c.listing_key, sa.literal_column("(xmax = 0)").label("inserted"))
-    return [(r.listing_key, bool(r.inserted)) for r in conn.execute(stmt)]
+    return stmt.returning(p.c.listing_key, sa.literal_column("(xmax = 0)").label("inserted"))
 
 
 def preview_rows(conn: Connection, t: Tables, provider_id: str,

@@ -6,6 +6,7 @@ moment resumes after the last landed page, and overlapping pages collapse onto o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 DELETED_MARKER = "__deleted__"
+_LAND_COLUMNS = ("provider_id", "listing_key", "sync_id", "payload", "deleted")
 _decode = msgspec.json.Decoder().decode
 
 
@@ -36,14 +38,17 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     latest = dict(records)
     rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
              "deleted": is_deleted(rec)} for k, rec in latest.items()]
-    cols = list(rows[0])
-    src = bulk.json_rows(r, cols, rows)
-    stmt = pg_insert(r).from_select(cols, sa.select(*[src.c[c] for c in cols]))
-    stmt = stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
+    conn.execute(_land_statement(r), bulk.rows_param(rows))
+    return len(records)
+
+
+@functools.lru_cache(maxsize=8)
+def _land_statement(r: sa.Table) -> sa.Insert:
+    src = bulk.json_rows(r, _LAND_COLUMNS)
+    stmt = pg_insert(r).from_select(_LAND_COLUMNS, sa.select(*[src.c[c] for c in _LAND_COLUMNS]))
+    return stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
         "sync_id": stmt.excluded.sync_id, "payload": stmt.excluded.payload,
         "deleted": stmt.excluded.deleted, "fetched_at": sa.func.now()})
-    conn.execute(stmt)
-    return len(records)
 
 
 def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_key: str | None = None,

@@ -65,20 +65,27 @@ def update_history(conn: Connection, t: Tables, sync_id: int, **values: Any) -> 
     conn.execute(h.update().where(h.c.id == sync_id).values(**values))
 
 
-def add_counts(conn: Connection, t: Tables, sync_id: int, counts: dict[str, int]) -> None:
-    """Add to the run's counters. Stages add per committed batch and resume after the last one,
-    so a retried stage does not count a batch twice."""
+def add_counts(conn: Connection, t: Tables, sync_id: int, counts: dict[str, int],
+               stage_state: dict[str, Any] | None = None) -> None:
+    """Add to the run's counters (and merge a checkpoint into its stage_state, in the same UPDATE).
+    Stages add per committed batch and resume after the last one, so a retried stage does not
+    count a batch twice."""
     h = t.mls_sync_history
-    values = {k: getattr(h.c, k) + int(v) for k, v in counts.items() if k in COUNT_COLUMNS and v}
+    values: dict[str, Any] = {k: getattr(h.c, k) + int(v) for k, v in counts.items() if k in COUNT_COLUMNS and v}
+    if stage_state:
+        values["stage_state"] = _merged(h.c.stage_state, stage_state)
     if values:
         conn.execute(h.update().where(h.c.id == sync_id).values(values))
+
+
+def _merged(col: sa.Column[Any], patch: dict[str, Any]) -> sa.ColumnElement[Any]:
+    return col.op("||")(sa.cast(patch, col.type))
 
 
 def merge_into(conn: Connection, t: Tables, sync_id: int, column: str, patch: dict[str, Any]) -> None:
     """Shallow-merge `patch` into one of the run's jsonb columns (stage_state, report, ...)."""
     h = t.mls_sync_history
-    col = h.c[column]
-    conn.execute(h.update().where(h.c.id == sync_id).values({column: col.op("||")(sa.cast(patch, col.type))}))
+    conn.execute(h.update().where(h.c.id == sync_id).values({column: _merged(h.c[column], patch)}))
 
 
 def record_stage(conn: Connection, t: Tables, sync_id: int, stage: str, seconds: float,
