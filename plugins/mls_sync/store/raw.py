@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection, Engine
 
@@ -19,7 +20,6 @@ from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 DELETED_MARKER = "__deleted__"
-_LAND_COLUMNS = ("provider_id", "listing_key", "sync_id", "payload", "deleted")
 _decode = msgspec.json.Decoder().decode
 
 
@@ -33,19 +33,32 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     """Upsert (listing_key, record) pairs for this run; returns how many were landed."""
     if not records:
         return 0
-    r = t.mls_raw_records
     # a page may repeat a key (a listing modified mid-walk); the last copy wins
     latest = dict(records)
-    rows = [{"provider_id": provider_id, "listing_key": k, "sync_id": sync_id, "payload": rec,
-             "deleted": is_deleted(rec)} for k, rec in latest.items()]
-    conn.execute(_land_statement(r), bulk.rows_param(rows))
+    conn.execute(_land_statement(t.mls_raw_records), {
+        "provider_id": provider_id, "sync_id": sync_id, "keys": list(latest),
+        "payloads": [bulk.encode_json(rec) for rec in latest.values()],
+        "deleted": [is_deleted(rec) for rec in latest.values()]})
     return len(records)
 
 
 @functools.lru_cache(maxsize=8)
 def _land_statement(r: sa.Table) -> sa.Insert:
-    src = bulk.json_rows(r, _LAND_COLUMNS)
-    stmt = pg_insert(r).from_select(_LAND_COLUMNS, sa.select(*[src.c[c] for c in _LAND_COLUMNS]))
+    """Keys, payloads and flags as three arrays, unnested side by side.
+
+    Each payload is its own JSON text: PostgreSQL parses it once, as the json column's input.
+    Inside one JSON document for the whole page (as the properties upsert sends its rows), it
+    was parsed as part of the document and then copied out again: a third slower here.
+    """
+    def array(name: str, item: Any) -> sa.Cast[Any]:
+        return sa.cast(sa.bindparam(name, type_=ARRAY(item)), ARRAY(item))
+
+    src = sa.func.unnest(array("keys", sa.Text), array("payloads", sa.Text), array("deleted", sa.Boolean)
+                         ).table_valued("listing_key", "payload", "deleted").render_derived(name="src")
+    cols = ("provider_id", "listing_key", "sync_id", "payload", "deleted")
+    stmt = pg_insert(r).from_select(cols, sa.select(
+        sa.bindparam("provider_id", type_=sa.Text), src.c.listing_key, sa.bindparam("sync_id", type_=sa.BigInteger),
+        sa.cast(src.c.payload, r.c.payload.type), src.c.deleted))
     return stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
         "sync_id": stmt.excluded.sync_id, "payload": stmt.excluded.payload,
         "deleted": stmt.excluded.deleted, "fetched_at": sa.func.now()})
