@@ -33,10 +33,12 @@ class FakeServer:
         self.cap, self.mode = cap, offset_mode
         self.calls = 0
         self.offsets: list[int | None] = []
+        self.counted: list[bool] = []
 
-    def fetch(self, query: str, offset: int | None) -> PageResult:
+    def fetch(self, query: str, offset: int | None, count: bool) -> PageResult:
         self.calls += 1
         self.offsets.append(offset)
+        self.counted.append(count)
         if offset is not None and self.mode == "reject":
             raise QueryError("Offset not supported", code=20203)
         rows = self.records
@@ -52,7 +54,7 @@ class FakeServer:
             rows = [r for r in rows if r not in hit] if neg else hit
         start = (offset or 1) - 1 if self.mode == "honour" else 0
         page = rows[start:start + self.cap]
-        return PageResult([dict(r) for r in page], len(rows), len(rows) > start + len(page))
+        return PageResult([dict(r) for r in page], len(rows) if count else None, len(rows) > start + len(page))
 
 
 def walk(server: FakeServer, mode: str = "auto", state: dict | None = None, stop_after: int | None = None):
@@ -97,6 +99,53 @@ def test_resume_from_a_cursor_in_offset_mode() -> None:
     assert cursor == {"mode": "offset", "offset": 601, "head": first[0]}
     rest, _ = walk(server, state=cursor)
     assert len(first) + len(rest) == 2000 and not set(first) & set(rest)
+
+
+def test_offset_walk_asks_the_server_to_count_once() -> None:
+    records = make_records(2000, cluster=0)
+    server = FakeServer(records, cap=300, offset_mode="honour")
+    keys, _ = walk(server)
+    assert sorted(keys) == sorted(r["K"] for r in records)
+    assert server.counted == [True] + [False] * 6  # a COUNT is a second query on the server
+    server.counted.clear()
+    _, cursor = walk(server, stop_after=2)
+    walk(server, state=cursor)
+    assert server.counted == [True, False, True, False, False, False, False]  # once more after resuming
+
+
+class QuietCapServer(FakeServer):
+    """Caps replies below the client's Limit and never says MAXROWS: only COUNT tells there is more."""
+
+    def fetch(self, query: str, offset: int | None, count: bool) -> PageResult:
+        res = super().fetch(query, offset, count)
+        return PageResult(res.records, res.count, False)
+
+
+def test_a_server_capping_below_limit_without_maxrows_is_walked_by_its_first_count() -> None:
+    records = make_records(1000, cluster=0)
+    server = QuietCapServer(records, cap=300, offset_mode="honour")
+    w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=1000, offset_mode="auto",
+                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
+    keys = [r["K"] for records, _ in w.walk([], None, None, None) for r in records]
+    assert sorted(keys) == sorted(r["K"] for r in records) and server.counted[0] and not any(server.counted[1:])
+
+
+def test_rows_added_during_the_walk_are_followed_while_the_server_says_maxrows() -> None:
+    records = make_records(900, cluster=0)
+    server = FakeServer(records, cap=300, offset_mode="honour")
+    added = [{"K": f"9999{i:06d}", "M": format_ts(START)} for i in range(150)]  # sort after every key
+    original = server.fetch
+
+    def fetch(query: str, offset: int | None, count: bool) -> PageResult:
+        res = original(query, offset, count)
+        if offset == 1:  # the total is counted now; then 150 listings arrive
+            server.records = sorted(server.records + added, key=lambda r: r["K"])
+        return res
+
+    w = SearchWalk(fetch, key_field="K", modified_field="M", page_size=300, offset_mode="auto",
+                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
+    keys = [r["K"] for records, _ in w.walk([], None, None, None) for r in records]
+    assert len(keys) == 1050 and set(keys) == {r["K"] for r in records + added}
 
 
 def test_offset_always_refuses_to_fall_back() -> None:

@@ -43,7 +43,8 @@ class PageResult:
         return self.maxrows or (self.count is not None and self.count > len(self.records))
 
 
-Fetch = Callable[[str, "int | None"], PageResult]  # (query, offset or None) -> one page
+# (query, offset or None, ask the server for a COUNT too) -> one page
+Fetch = Callable[[str, "int | None", bool], PageResult]
 
 
 class SearchWalk:
@@ -99,9 +100,12 @@ class SearchWalk:
         query = dmql.and_all([*base, self._time_clause(since, until)])
         offset = int(state.get("offset") or 1)
         head = state.get("head")
+        # The total is asked for once per walk (or resumed walk): a COUNT is a second query on
+        # the server for every page it is requested on, and only the first answer is needed.
+        total: int | None = None
         while True:
             try:
-                res = self.fetch(query, offset)
+                res = self.fetch(query, offset, total is None)
             except QueryError as exc:
                 if offset != 1 or self.offset_mode == "always" or self.learned.get("ok"):
                     raise
@@ -126,8 +130,11 @@ class SearchWalk:
             if offset > 1 and keys:
                 self.learned["ok"] = True
             offset += len(res.records)
-            if res.count is not None:  # trust COUNT: a server may cap rows below Limit without MAXROWS
-                done = not res.records or offset > res.count
+            if total is None:
+                total = res.count
+            if total is not None:  # trust COUNT: a server may cap rows below Limit without MAXROWS
+                # (past the total but MAXROWS says more: rows were added during the walk)
+                done = not res.records or (offset > total and not res.maxrows)
             else:
                 done = not res.records or (not res.maxrows and len(res.records) < self.page_size)
             if first:
@@ -155,7 +162,7 @@ class SearchWalk:
                 clauses = [*base, dmql.clause_range(self.modified, seg[0], seg[1])]
                 if seg[2] is not None:
                     clauses += self._prefix_clauses(seg[2], seg[3])
-                res = self.fetch(dmql.and_all(clauses), None)
+                res = self.fetch(dmql.and_all(clauses), None, True)
             if res.overflows():
                 low, high = dmql.parse_ts(seg[0]), dmql.parse_ts(seg[1])
                 if seg[2] is None and high > low:

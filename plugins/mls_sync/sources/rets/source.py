@@ -201,11 +201,12 @@ class RetsSource(Source):
         }
 
     # -- search --------------------------------------------------------------------------------
-    def _fetch(self, query: str, offset: int | None, select: tuple[str, ...]) -> PageResult:
+    def _fetch(self, query: str, offset: int | None, select: tuple[str, ...], count: bool) -> PageResult:
         s = self.settings
         params: dict[str, Any] = {"SearchType": s.resource, "Class": s.class_, "QueryType": "DMQL2",
-                                  "Query": query, "Format": s.format, "Limit": s.page_size, "Count": 1,
-                                  "StandardNames": 0}
+                                  "Query": query, "Format": s.format, "Limit": s.page_size, "StandardNames": 0}
+        if count:
+            params["Count"] = 1  # rows and their total
         if select:
             params["Select"] = ",".join(select)
         if offset is not None:
@@ -274,8 +275,8 @@ class RetsSource(Source):
         groups = dmql.chunks(keys, self.keys_per_query) if keys else [()]
         start = int(cursor.get("chunk") or 0)
         number = int(cursor.get("page") or 0)
-        walk = SearchWalk(lambda q, off: self._fetch(q, off, select), key_field=key_field, modified_field=modified,
-                          page_size=self.settings.page_size, offset_mode=self.settings.offset,
+        walk = SearchWalk(lambda q, off, count: self._fetch(q, off, select, count), key_field=key_field,
+                          modified_field=modified, page_size=self.settings.page_size, offset_mode=self.settings.offset,
                           now=lambda: dmql.to_server(datetime.now(UTC), zone), offset_ok=self._offset_ok)
         for index in range(start, len(groups)):
             clauses = base + ([dmql.clause_in(key_field, groups[index])] if groups[index] else [])
