@@ -230,11 +230,13 @@ def first_query(recorded: list[dict[str, Any]]) -> tuple[str, str]:
     raise RuntimeError("no RETS search was recorded")
 
 
-PEER_PAIRS = 3
+def peer_pairs(listings: int) -> int:
+    """Walk pairs per comparison: a 10k walk takes 0.4 s, so five pairs cost little; a 100k one ~5 s."""
+    return 5 if listings <= 20_000 else 3
 
 
 def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str, Any]] | None = None,
-                 pairs: int = PEER_PAIRS) -> dict[str, Any]:
+                 pairs: int | None = None) -> dict[str, Any]:
     """Both walks of the full-sync search; the `rets` one gets the DMQL our client sent.
 
     Both are bound by the server (the mock generating pages), so one walk each would compare two
@@ -247,7 +249,7 @@ def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str
         b.monitor.reset()
         runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
         query, fmt = first_query(recorded) if recorded else ("", "COMPACT-DECODED")
-        for _ in range(max(1, pairs)):
+        for _ in range(max(1, pairs or peer_pairs(listings))):
             ours = run_peer("ours", "demo_rets", monitor=b.monitor)
             if not query:
                 query, fmt = ours["query"], ours["format"]

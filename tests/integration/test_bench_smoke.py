@@ -68,6 +68,6 @@ def test_bench_peer_pairs_walk_the_same_pages(tmp_path) -> None:
     assert ours["requests"] == theirs["requests"] >= 2
     assert ours["unique_keys"] == theirs["unique_keys"] > 2500
     assert res["notes"] == []
-    # three interleaved pairs; the quoted ratio is the median pair's
+    # five interleaved pairs at this size; the quoted ratio is the median pair's
     ratios = sorted(r["ratio"] for r in res["repeats"])
-    assert len(ratios) == 3 and res["ratios"]["ours_vs_rets_time"] == ratios[1]
+    assert len(ratios) == 5 and res["ratios"]["ours_vs_rets_time"] == ratios[2]
