@@ -24,12 +24,15 @@ def _cpu(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
-def _postgres() -> list[psutil.Process]:
-    """The PostgreSQL server's processes (backends come and go with connections)."""
+def _postmasters() -> list[psutil.Process]:
+    """The PostgreSQL servers' main processes (a `postgres` whose parent is not one)."""
     out = []
-    for proc in psutil.process_iter(["name"]):
-        if (proc.info.get("name") or "").startswith("postgres"):
-            out.append(proc)
+    for proc in psutil.process_iter(["name", "ppid"]):
+        if not (proc.info.get("name") or "").startswith("postgres"):
+            continue
+        with contextlib.suppress(psutil.Error):
+            if not psutil.Process(proc.info["ppid"]).name().startswith("postgres"):
+                out.append(proc)
     return out
 
 
@@ -44,6 +47,7 @@ class _Sampler:
         self.peaks: dict[int, tuple[str, int]] = {}
         self.cpu_start: dict[int, float] = {}
         self.cpu_seen: dict[int, tuple[str, float]] = {}
+        self.postmasters: list[psutil.Process] = []
 
     def _procs(self) -> list[tuple[psutil.Process, str]]:
         out: list[tuple[psutil.Process, str]] = []
@@ -72,26 +76,31 @@ class _Sampler:
             if prev is None or rss > prev[1]:
                 self.peaks[proc.pid] = (name, rss)
 
-    def _sample_postgres(self) -> None:
-        for proc in _postgres():
+    def sample_postgres(self) -> None:
+        """The server and its backends (they come and go with connections, so this runs every
+        few samples; a backend that lives less than that between two runs is missed)."""
+        for pm in self.postmasters:
             with contextlib.suppress(psutil.Error):
-                self.cpu_seen[proc.pid] = ("postgres", _cpu(proc))
+                for proc in (pm, *pm.children()):
+                    with contextlib.suppress(psutil.Error):
+                        self.cpu_seen[proc.pid] = ("postgres", _cpu(proc))
 
     def reset(self) -> None:
         self.peaks = {}
         self.cpu_seen = {}
+        self.postmasters = _postmasters()
         self.sample()
-        self._sample_postgres()
+        self.sample_postgres()
         self.cpu_start = {pid: cpu for pid, (_, cpu) in self.cpu_seen.items()}
 
     def cpu(self) -> dict[str, float]:
         """CPU seconds (user + system) per role since the last reset; exited processes count up to
         their last sample."""
-        self._sample_postgres()
+        self.sample_postgres()
         by: dict[str, float] = {}
         for pid, (name, cpu) in self.cpu_seen.items():
             by[name] = by.get(name, 0.0) + cpu - self.cpu_start.get(pid, 0.0)
-        return {k: round(v, 2) for k, v in sorted(by.items())}
+        return {k: round(v, 3) for k, v in sorted(by.items())}
 
     def peak(self) -> dict[str, Any]:
         self.sample()
@@ -105,11 +114,18 @@ class _Sampler:
                 "cpu_seconds": self.cpu()}
 
 
+POSTGRES_EVERY = 5  # samples: the server's process list costs a /proc walk
+
+
 def _serve(conn: Connection, root: int, interval: float) -> None:
     s = _Sampler(root)
+    ticks = 0
     while True:
         if not conn.poll(interval):
             s.sample()
+            ticks += 1
+            if ticks % POSTGRES_EVERY == 0:
+                s.sample_postgres()
             continue
         cmd, *args = conn.recv()
         if cmd == "watch":

@@ -79,7 +79,8 @@ def table(results: list[dict[str, Any]]) -> str:
            if r.get("cpu_seconds_by_process") and not r.get("error")]
     if cpu:
         lines.append("")
-        lines.append("CPU seconds by process (the last measured run of each row; 2 cores = 2 s per wall second):")
+        lines.append("CPU seconds by process during each row's run (its median pair where repeated; 2 cores = 2 s "
+                     "per wall second):")
         lines += [f"  {s} {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in by.items() if v >= 0.01)
                   for s, label, by in cpu]
     notes = [(r["scenario"], r["label"], n) for r in results for n in r.get("notes", [])]

@@ -168,7 +168,7 @@ def full_sync(b: Bench, mock: Mock, scenario: str, provider: str, listings: int,
         # Each repeat is a sync from an empty store followed at once by its floor; the quoted ratio
         # is the median of those pairs, so a burst of load on this shared machine moves one pair,
         # not the figure.
-        pairs: list[tuple[float, dict[str, Any]]] = []
+        pairs: list[tuple[float, dict[str, Any], dict[str, float]]] = []
         for i in range(max(1, repeat)):
             truncate(b.db_url)
             out = engine_sync(b, mock, res, provider, conf, record=True, tag=tag if i == 0 else None)
@@ -176,15 +176,15 @@ def full_sync(b: Bench, mock: Mock, scenario: str, provider: str, listings: int,
                 res["recorded_requests"] = len(out["recorded"])
                 res["_recorded"] = out["recorded"]
             pairs.append((res["wall_seconds"], floors.records_floor(mock, protocol, out["recorded"], b.db_url,
-                                                                    provider)))
+                                                                    provider), res["cpu_seconds_by_process"]))
         pairs.sort(key=lambda p: p[0] / p[1]["seconds"])
-        wall, fl = pairs[len(pairs) // 2]
+        wall, fl, res["cpu_seconds_by_process"] = pairs[len(pairs) // 2]
         res["wall_seconds"] = wall
         if res["records"]:
             res["records_per_second"] = round(res["records"] / wall, 1)
         if len(pairs) > 1:
             res["repeats"] = [{"wall_seconds": w, "floor_seconds": round(f["seconds"], 3),
-                               "ratio": ratio(w, f["seconds"])} for w, f in pairs]
+                               "ratio": ratio(w, f["seconds"])} for w, f, _ in pairs]
         res["floor"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fl.items()}
         res["ratios"]["full_sync_vs_floor"] = ratio(res["wall_seconds"], fl["seconds"])
         if fl["rows"] != res["counts"].get("added"):
@@ -240,8 +240,8 @@ def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str
     """Both walks of the full-sync search; the `rets` one gets the DMQL our client sent.
 
     Both are bound by the server (the mock generating pages), so one walk each would compare two
-    moments of this shared machine as much as two clients: `pairs` walks of each, interleaved
-    (ours, rets, ours, rets ...), and the median pair's ratio is quoted.
+    moments of this shared machine as much as two clients: `pairs` walks of each, interleaved with
+    the order alternating (ours-rets, rets-ours, ...), and the median pair's ratio is quoted.
     """
     res = _base(scenario, "RETS fetch-and-parse: ours vs `rets`", "demo_rets", "peer", listings)
 
@@ -249,11 +249,15 @@ def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str
         b.monitor.reset()
         runs: list[tuple[dict[str, Any], dict[str, Any]]] = []
         query, fmt = first_query(recorded) if recorded else ("", "COMPACT-DECODED")
-        for _ in range(max(1, pairs or peer_pairs(listings))):
-            ours = run_peer("ours", "demo_rets", monitor=b.monitor)
-            if not query:
-                query, fmt = ours["query"], ours["format"]
-            runs.append((ours, run_peer("rets", "demo_rets", query=query, fmt=fmt, monitor=b.monitor)))
+        for i in range(max(1, pairs or peer_pairs(listings))):
+            # alternate who goes first (ours in the first pair: without a recorded search, its
+            # walk tells the DMQL the `rets` one gets)
+            got: dict[str, dict[str, Any]] = {}
+            for client in ("ours", "rets") if i % 2 == 0 else ("rets", "ours"):
+                got[client] = run_peer(client, "demo_rets", query=query, fmt=fmt, monitor=b.monitor)
+                if client == "ours" and not query:
+                    query, fmt = got["ours"]["query"], got["ours"]["format"]
+            runs.append((got["ours"], got["rets"]))
         runs.sort(key=lambda p: p[0]["seconds"] / p[1]["seconds"])
         ours, theirs = runs[len(runs) // 2]
         res["peer"] = {"ours": ours, "rets": theirs, "query": query, "format": fmt}
@@ -279,7 +283,9 @@ def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str
         growth = ours["samples_mb"][-1] - ours["samples_mb"][0] if ours["samples_mb"] else None
         res["checks"] = {"ours_rss_first_page_mb": ours["samples_mb"][0] if ours["samples_mb"] else None,
                          "ours_rss_last_page_mb": ours["samples_mb"][-1] if ours["samples_mb"] else None,
-                         "ours_rss_growth_over_walk_mb": round(growth, 1) if growth is not None else None}
+                         "ours_rss_growth_over_walk_mb": round(growth, 1) if growth is not None else None,
+                         # searches that also asked the server for a COUNT (a second query there)
+                         "counted_requests": {"ours": ours["counted_requests"], "rets": theirs["counted_requests"]}}
 
     return guarded(res, body)
 

@@ -8,10 +8,10 @@ a 2048x1536 JPEG costs about 12 ms of CPU, which a benchmark on the same cores w
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
-import re
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -61,9 +61,6 @@ def corrupt(data: bytes) -> bytes:
     return data[: len(data) // 3].rstrip(b"\xd9")
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
-
-
 class PhotoCache:
     """Thread-safe LRU of rendered photos keyed by (key, order, version), over an optional folder
     of rendered files."""
@@ -74,10 +71,12 @@ class PhotoCache:
         self._items: OrderedDict[tuple[str, int, int], bytes] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _file(self, key: str, order: int, version: int) -> Path | None:
+    def _file(self, *ident: object) -> Path | None:
+        """One file per drawing: named by everything the drawing depends on (a listing key may
+        hold any character, so it is hashed rather than cleaned)."""
         if self.directory is None:
             return None
-        return self.directory / f"{_UNSAFE.sub('_', key)}_{order}_{version}.jpg"
+        return self.directory / (hashlib.sha1(repr(ident).encode(), usedforsecurity=False).hexdigest() + ".jpg")
 
     def get(self, key: str, order: int, version: int, width: int, height: int, orientation: int) -> bytes:
         ident = (key, order, version)
@@ -85,7 +84,7 @@ class PhotoCache:
             if ident in self._items:
                 self._items.move_to_end(ident)
                 return self._items[ident]
-        path = self._file(key, order, version)
+        path = self._file(key, order, version, width, height, orientation)
         if path is not None and path.exists():
             data = path.read_bytes()
         else:

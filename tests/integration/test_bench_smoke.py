@@ -47,9 +47,10 @@ def test_bench_scenario_1_small(tmp_path) -> None:
     ratios = sorted(r["ratio"] for r in res["repeats"])
     assert len(ratios) == 3 and res["ratios"]["full_sync_vs_floor"] == ratios[1]
     assert all(t["status"] in ("PASS", "MISS", "n/a") for t in res["targets"])
-    # who used the cores: the sync itself, the database and the mock all did work
+    # who used the cores: the sync itself and the database did work; the mock is watched (its
+    # share of a 300-listing sync can round to nothing)
     cpu = res["cpu_seconds_by_process"]
-    assert cpu["bench"] > 0 and cpu["postgres"] > 0 and cpu["mock"] > 0, cpu
+    assert cpu["bench"] > 0 and cpu["postgres"] > 0 and cpu["mock"] >= 0, cpu
     assert "CPU seconds by process" in proc.stdout
     assert len(list(tmp_path.glob("*.json"))) == 2  # <timestamp>.json and latest.json
 
@@ -66,6 +67,8 @@ def test_bench_peer_pairs_walk_the_same_pages(tmp_path) -> None:
     ours, theirs = res["peer"]["ours"], res["peer"]["rets"]
     # the mock caps a reply at 2,500 rows: both clients page through the same searches
     assert ours["requests"] == theirs["requests"] >= 2
+    # the rets package asks for a COUNT on every page, ours on the first and the expected last
+    assert res["checks"]["counted_requests"] == {"ours": 2, "rets": theirs["requests"]}
     assert ours["unique_keys"] == theirs["unique_keys"] > 2500
     assert res["notes"] == []
     # five interleaved pairs at this size; the quoted ratio is the median pair's

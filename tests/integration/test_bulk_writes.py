@@ -57,8 +57,9 @@ def test_nul_characters_are_dropped_not_fatal(db) -> None:
     with db.begin() as c:
         assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1).added == ["K1"]
         raw_store.land(c, t, "p", 1, [("K1", {"Remarks": "a\x00b", "Other": literal})])
+        raw_store.land(c, t, "p", 1, [("K\x002", {"Key": "K\x002"})])  # a key with a NUL lands without it
     with db.connect() as c:
         got = c.execute(sa.text("SELECT public_remarks, interior_features FROM properties")).one()
-        payload = c.execute(sa.text("SELECT payload FROM mls_raw_records")).scalar_one()
+        payloads = dict(c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records")).all())
     assert got.public_remarks == "ab " + literal and got.interior_features == ["xy"]
-    assert payload == {"Remarks": "ab", "Other": literal}
+    assert payloads == {"K1": {"Remarks": "ab", "Other": literal}, "K2": {"Key": "K2"}}

@@ -10,6 +10,7 @@ from lxml import etree
 from PIL import Image
 
 from mock_mls import MockMLS
+from mock_mls.photos import render
 from tests.integration.mock_fixtures import mock_mls_fixtures, rets_login
 
 pytestmark = pytest.mark.integration
@@ -137,16 +138,18 @@ def test_control_http_api(mls: MockMLS) -> None:
 
 def test_prerender_stores_photos_that_are_then_served_from_files(mock_mls_factory, tmp_path) -> None:
     photos = tmp_path / "photos"
-    m = mock_mls_factory(listings=20, seed=3, photos_per_listing=2, photo_dir=photos)
-    base = f"{m.url}/_control"
+    # no photos kept in memory: every request after the prerender must read a file
+    m = mock_mls_factory(listings=20, seed=3, photos_per_listing=2, photo_dir=photos, photo_cache_size=0)
     # without a folder there is nothing to store into: a clear 400, not a silent no-op
     plain = mock_mls_factory(listings=5, seed=3, photos_per_listing=1)
     refused = requests.post(f"{plain.url}/_control/prerender", json={}, timeout=10)
     assert refused.status_code == 400 and "--photo-dir" in refused.text
-    drawn = requests.post(f"{base}/prerender", json={}, timeout=60).json()["photos"]
+    drawn = requests.post(f"{m.url}/_control/prerender", json={}, timeout=60).json()["photos"]
     files = sorted(photos.glob("*.jpg"))
     assert drawn == len(files) > 20  # every in-feed listing's photos (the feed is 20 listings, 2 each)
-    key = m.active_keys()[0]
-    got = requests.get(f"{m.url}/photos/{key}/0/1.jpg", timeout=10)
-    assert got.status_code == 200 and got.content == (photos / f"{key}_0_1.jpg").read_bytes()
-    assert Image.open(io.BytesIO(got.content)).format == "JPEG"
+    # replace every stored photo: what the server sends now can only come from the files
+    stand_in = render("stand-in", 0, 1, 64, 48, 0)
+    for f in files:
+        f.write_bytes(stand_in)
+    got = requests.get(f"{m.url}/photos/{m.active_keys()[0]}/0/1.jpg", timeout=10)
+    assert got.status_code == 200 and got.content == stand_in

@@ -87,9 +87,12 @@ def test_repeated_values_map_the_same_every_time(rets_mapper: Mapper) -> None:
     for i in range(3):
         assert first[i + 3].row == {**first[i].row, "listing_key": f"K{i + 3}"}
     assert first[3].row["bedrooms"] == 0 and first[4].row["price"] == Decimal("1250000.50")
-    # a list from a remembered value is the row's own: changing it changes no other row
+    # a list is the row's own, whether it was just normalized (record 0) or remembered (3):
+    # changing it changes no other row
     first[0].row["interior_features"].append("Pool")
+    first[3].row["interior_features"].append("Spa")
     assert rets_mapper.map(_record()).row["interior_features"] == ["Granite Counters", "Fireplace"]
+    assert first[4].row["interior_features"] == ["Granite Counters", "Fireplace"]
     # a bad value is not remembered: it warns on every record that carries it
     for _ in range(3):
         m = rets_mapper.map(_record(LIST_66="3.5"))

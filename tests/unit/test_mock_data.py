@@ -102,7 +102,9 @@ def test_photo_folder_draws_each_photo_once(tmp_path: Path, monkeypatch: pytest.
     cache = PhotoCache(size=1, directory=tmp_path)
     first = cache.get("k/1", 0, 1, 64, 48, 0)
     assert first == render("k/1", 0, 1, 64, 48, 0)
-    assert [p.name for p in tmp_path.iterdir()] == ["k_1_0_1.jpg"]  # no temp files left behind
+    assert [p.suffix for p in tmp_path.iterdir()] == [".jpg"]  # one file, no temp files left behind
+    cache.get("k_1", 0, 1, 64, 48, 0)  # a key that a cleaned-up file name would confuse with k/1
+    assert len(list(tmp_path.iterdir())) == 2
 
     def no_drawing(*_: object) -> bytes:
         raise AssertionError("a stored photo was drawn again")

@@ -80,6 +80,16 @@ def test_every_record_exactly_once_with_a_cluster_bigger_than_the_cap(mode: str)
     assert server.calls < 60
 
 
+def test_a_repeated_page_sizes_the_windows_with_the_walks_count() -> None:
+    """Page 2 (the repeat) did not ask for COUNT; the windows are still cut from page 1's total,
+    not from a guess of twice the rows received (which cost a server without MAXROWS 3 more
+    searches here)."""
+    server = QuietCapServer(make_records(3000, cluster=900), cap=500, offset_mode="ignore")
+    keys, _ = walk(server)
+    assert len(keys) == len(set(keys)) == 3000
+    assert server.calls <= 13
+
+
 def test_resume_from_a_cursor_in_window_mode() -> None:
     records = make_records(3000, cluster=900)
     server = FakeServer(records, cap=500, offset_mode="ignore")
@@ -101,16 +111,17 @@ def test_resume_from_a_cursor_in_offset_mode() -> None:
     assert len(first) + len(rest) == 2000 and not set(first) & set(rest)
 
 
-def test_offset_walk_asks_the_server_to_count_once() -> None:
+def test_offset_walk_asks_the_server_to_count_on_the_first_and_the_last_page() -> None:
     records = make_records(2000, cluster=0)
     server = FakeServer(records, cap=300, offset_mode="honour")
     keys, _ = walk(server)
     assert sorted(keys) == sorted(r["K"] for r in records)
-    assert server.counted == [True] + [False] * 6  # a COUNT is a second query on the server
+    # a COUNT is a second query on the server: asked on page 1 and on the page expected to end it
+    assert server.counted == [True, False, False, False, False, False, True]
     server.counted.clear()
     _, cursor = walk(server, stop_after=2)
     walk(server, state=cursor)
-    assert server.counted == [True, False, True, False, False, False, False]  # once more after resuming
+    assert server.counted == [True, False, True, False, False, False, True]  # a resumed walk counts again
 
 
 class QuietCapServer(FakeServer):
@@ -121,19 +132,27 @@ class QuietCapServer(FakeServer):
         return PageResult(res.records, res.count, False)
 
 
-def test_a_server_capping_below_limit_without_maxrows_is_walked_by_its_first_count() -> None:
+def _walk_keys(fetch, page_size: int) -> list[str]:
+    w = SearchWalk(fetch, key_field="K", modified_field="M", page_size=page_size, offset_mode="auto",
+                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
+    return [r["K"] for records, _ in w.walk([], None, None, None) for r in records]
+
+
+def test_a_server_capping_below_limit_without_maxrows_is_walked_to_its_count() -> None:
     records = make_records(1000, cluster=0)
     server = QuietCapServer(records, cap=300, offset_mode="honour")
-    w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=1000, offset_mode="auto",
-                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
-    keys = [r["K"] for records, _ in w.walk([], None, None, None) for r in records]
-    assert sorted(keys) == sorted(r["K"] for r in records) and server.counted[0] and not any(server.counted[1:])
+    keys = _walk_keys(server.fetch, page_size=1000)
+    assert sorted(keys) == sorted(r["K"] for r in records)
+    assert server.counted == [True, False, False, True]
 
 
-def test_rows_added_during_the_walk_are_followed_while_the_server_says_maxrows() -> None:
+@pytest.mark.parametrize("server_class", [FakeServer, QuietCapServer])
+def test_rows_added_during_the_walk_are_fetched(server_class: type[FakeServer]) -> None:
+    """Listings arriving after page 1 sort last (keys grow): the walk must still reach them,
+    whether the server says MAXROWS or only its COUNT tells."""
     records = make_records(900, cluster=0)
-    server = FakeServer(records, cap=300, offset_mode="honour")
-    added = [{"K": f"9999{i:06d}", "M": format_ts(START)} for i in range(150)]  # sort after every key
+    server = server_class(records, cap=300, offset_mode="honour")
+    added = [{"K": f"9999{i:06d}", "M": format_ts(START)} for i in range(150)]
     original = server.fetch
 
     def fetch(query: str, offset: int | None, count: bool) -> PageResult:
@@ -142,9 +161,7 @@ def test_rows_added_during_the_walk_are_followed_while_the_server_says_maxrows()
             server.records = sorted(server.records + added, key=lambda r: r["K"])
         return res
 
-    w = SearchWalk(fetch, key_field="K", modified_field="M", page_size=300, offset_mode="auto",
-                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
-    keys = [r["K"] for records, _ in w.walk([], None, None, None) for r in records]
+    keys = _walk_keys(fetch, page_size=300)
     assert len(keys) == 1050 and set(keys) == {r["K"] for r in records + added}
 
 

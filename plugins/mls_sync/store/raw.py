@@ -33,8 +33,9 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     """Upsert (listing_key, record) pairs for this run; returns how many were landed."""
     if not records:
         return 0
-    # a page may repeat a key (a listing modified mid-walk); the last copy wins
-    latest = dict(records)
+    # a page may repeat a key (a listing modified mid-walk); the last copy wins. A NUL cannot be
+    # stored in text; payloads drop it in encode_json, keys here (the upsert's JSON drops it too)
+    latest = {k.replace("\x00", ""): rec for k, rec in records}
     conn.execute(_land_statement(t.mls_raw_records), {
         "provider_id": provider_id, "sync_id": sync_id, "keys": list(latest),
         "payloads": [bulk.encode_json(rec) for rec in latest.values()],

@@ -100,12 +100,15 @@ class SearchWalk:
         query = dmql.and_all([*base, self._time_clause(since, until)])
         offset = int(state.get("offset") or 1)
         head = state.get("head")
-        # The total is asked for once per walk (or resumed walk): a COUNT is a second query on
-        # the server for every page it is requested on, and only the first answer is needed.
+        # COUNT is a second query on the server for every page that asks for it, so the total is
+        # asked for on the first page and again on the page expected to reach it (rows added
+        # during the walk move it), not on every page.
         total: int | None = None
+        per_page = self.page_size
         while True:
+            asked = total is None or offset + per_page > total
             try:
-                res = self.fetch(query, offset, total is None)
+                res = self.fetch(query, offset, asked)
             except QueryError as exc:
                 if offset != 1 or self.offset_mode == "always" or self.learned.get("ok"):
                     raise
@@ -114,6 +117,9 @@ class SearchWalk:
                 self.learned["ok"] = False
                 yield from self._windows(base, since, until, {})
                 return
+            fresh = asked and res.count is not None
+            if fresh:
+                total = res.count
             keys = [r.get(self.key) for r in res.records]
             if offset > 1 and keys and (keys[0] == head or all(k in self.seen for k in keys)):
                 if self.offset_mode == "always":
@@ -121,8 +127,10 @@ class SearchWalk:
                 log.info("server ignores Offset (page %d repeats earlier rows); paging by time windows", offset)
                 self.learned["ok"] = False
                 self.first_page = self.page_one
-                # The repeated page is a sample of the whole range: use it to size the windows.
-                yield from self._windows(base, since, until, {}, first=res if res.overflows() else None)
+                # The repeated page is a sample of the whole range (with the walk's total, though
+                # this page may not have asked for it): use it to size the windows.
+                sample = PageResult(res.records, total, res.maxrows)
+                yield from self._windows(base, since, until, {}, first=sample if sample.overflows() else None)
                 return
             first = offset == 1
             if first and keys:
@@ -130,11 +138,10 @@ class SearchWalk:
             if offset > 1 and keys:
                 self.learned["ok"] = True
             offset += len(res.records)
-            if total is None:
-                total = res.count
+            per_page = len(res.records) or per_page  # what the server sends per reply (its cap, maybe)
             if total is not None:  # trust COUNT: a server may cap rows below Limit without MAXROWS
-                # (past the total but MAXROWS says more: rows were added during the walk)
-                done = not res.records or (offset > total and not res.maxrows)
+                # past a total counted before this page: stop only if MAXROWS does not say more
+                done = not res.records or (offset > total and (fresh or not res.maxrows))
             else:
                 done = not res.records or (not res.maxrows and len(res.records) < self.page_size)
             if first:
