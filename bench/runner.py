@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -151,31 +154,41 @@ def engine_run(provider_id: str, db_url: str, conf: dict[str, Any], *, record: b
             "reconcile": out_rc, "media": media_out, "summary": summary, "recorded": recorded}
 
 
-_bag: Any = None
+DAGRUN_MARK = "DAGRUN_RESULT "
 
 
-def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[str, Any] | None = None
-            ) -> dict[str, Any]:
-    """The provider's real DAG through `dag.test()` (Airflow per-task overhead included).
+def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[str, Any] | None = None,
+            timeout: float = 1800) -> dict[str, Any]:
+    """The provider's real DAG through `dag.test()`, in a child process (`python -m bench.runner`).
 
-    Task retries are set to 0 on the in-memory DAG so that a failing task fails the run at once
-    instead of waiting out its retry delay.
+    Airflow per-task overhead is included. A process of its own, as Airflow gives each task: run
+    in the bench process, dag.test() left its in-process API server, threads and ~700,000 objects
+    behind, and the engine-only runs measured after it in the same process were up to 2x slower
+    in transform_load (reproduced in the bench, not in a smaller script; the cause was not pinned
+    down).
     """
-    global _bag
-    import json
-
-    os.environ["MLS_DATABASE_URL"] = db_url
+    env = dict(os.environ, MLS_DATABASE_URL=db_url)
     if storage is not None:
-        os.environ["MLS_MEDIA_STORAGE"] = json.dumps(storage)
+        env["MLS_MEDIA_STORAGE"] = json.dumps(storage)
+    cmd = [sys.executable, "-m", "bench.runner", provider_id, json.dumps(conf)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    for line in proc.stdout.splitlines():
+        if line.startswith(DAGRUN_MARK):
+            return json.loads(line[len(DAGRUN_MARK):])
+    raise RuntimeError(f"dag.test() of {provider_id} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+
+
+def _dag_run_here(provider_id: str, conf: dict[str, Any]) -> dict[str, Any]:
+    """Task retries are set to 0 on the in-memory DAG so that a failing task fails the run at once
+    instead of waiting out its retry delay."""
     from airflow.dag_processing.dagbag import DagBag
 
     from devstack import ROOT
 
-    if _bag is None:
-        _bag = DagBag(dag_folder=str(ROOT / "dags"))
-    dag = _bag.get_dag(f"mls_sync__{provider_id}")
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    dag = bag.get_dag(f"mls_sync__{provider_id}")
     if dag is None:
-        raise RuntimeError(f"DAG mls_sync__{provider_id} not found: {_bag.import_errors}")
+        raise RuntimeError(f"DAG mls_sync__{provider_id} not found: {bag.import_errors}")
     for task in dag.tasks:
         task.retries = 0
     started = time.monotonic()
@@ -187,3 +200,11 @@ def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[s
         states[name] = str(getattr(ti.state, "value", ti.state))
     return {"wall": wall, "run_id": dr.run_id, "state": str(getattr(dr.state, "value", dr.state)),
             "task_states": states}
+
+
+if __name__ == "__main__":
+    from bench.stack import set_airflow_env
+
+    set_airflow_env()
+    result = _dag_run_here(sys.argv[1], json.loads(sys.argv[2]))
+    print(DAGRUN_MARK + json.dumps(result), flush=True)
