@@ -216,6 +216,19 @@ _MISS = object()
 _MEMO_TYPES = frozenset({"int", "decimal", "money", "date", "bool", "lookup", "list", "status"})
 
 
+def _memo_key(raw: Any) -> Any:
+    """A dict key for a typed value (RESO sends numbers and arrays): the type is part of the key
+    where Python would equate values (1, 1.0 and True); None for what is not memoized."""
+    t = type(raw)
+    if t is int:
+        return raw
+    if t is float:
+        return (float, raw)
+    if t is list and all(type(x) is str for x in raw):
+        return (list, tuple(raw))
+    return None
+
+
 class _Memo:
     """Normalized values by raw value for one field, bounded; switches itself off when it does
     not pay (a field that turns out unique per listing, such as latitude)."""
@@ -225,12 +238,12 @@ class _Memo:
     __slots__ = ("active", "hits", "values")
 
     def __init__(self) -> None:
-        self.values: dict[str, Any] = {}  # text only: 1, 1.0 and True are one dict key
+        self.values: dict[Any, Any] = {}  # by raw text, or by _memo_key of a typed value
         self.hits = 0
         self.active = True
 
-    def remember(self, raw: str, value: Any) -> None:
-        self.values[raw] = value
+    def remember(self, key: Any, value: Any) -> None:
+        self.values[key] = value
         if len(self.values) >= self.LIMIT:
             # full: keep it while it serves more lookups than it stores, else drop it
             self.active = False
@@ -260,7 +273,8 @@ class Mapper:
                 value = None
             elif fn is None and type(raw) is str:
                 value = raw.strip() or None
-            elif memo is not None and type(raw) is str and (value := memo.values.get(raw, _MISS)) is not _MISS:
+            elif memo is not None and (key := raw if type(raw) is str else _memo_key(raw)) is not None \
+                    and (value := memo.values.get(key, _MISS)) is not _MISS:
                 memo.hits += 1
                 if type(value) is list:  # rows are the caller's to change: never share a list
                     value = list(value)
@@ -273,8 +287,8 @@ class Mapper:
                     warnings.append(f"field {name} ({column}): {exc}; stored as NULL")
                     value = None
                 else:
-                    if memo is not None and memo.active and type(raw) is str:
-                        memo.remember(raw, list(value) if type(value) is list else value)
+                    if memo is not None and memo.active and key is not None:
+                        memo.remember(key, list(value) if type(value) is list else value)
             if value is None and required:
                 return Mapped(None, rejected=f"required field {name} ({column}) is missing or empty")
             row[column] = value

@@ -123,6 +123,20 @@ def test_reso_values_arrive_typed() -> None:
     assert not Mapper.is_active(m.row)
 
 
+def test_typed_values_are_remembered_by_type_and_value() -> None:
+    """RESO sends numbers and arrays: 2 and 2.0 are equal to Python but not the same text in the
+    row hash, so each keeps what a fresh mapping gives."""
+    mapper = Mapper(find_provider("demo_reso", MAPPINGS))
+    base = {"ListingKey": "K1", "ListingId": "MLS1", "StandardStatus": "Active",
+            "ModificationTimestamp": "2024-03-01T10:30:00Z"}
+    seen = [mapper.map({**base, "BathroomsTotalInteger": v, "Appliances": ["Range"]}).row for v in (2, 2.0, 2, True)]
+    assert [str(r["bathrooms"]) for r in seen[:3]] == ["2", "2.0", "2"]
+    assert seen[3]["bathrooms"] is None  # a yes/no where a number belongs: not taken for 1
+    assert all(r["appliances"] == ["Range"] for r in seen)
+    memo = {col: memo for _, col, _, _, _, memo in mapper._steps}
+    assert memo["bathrooms"].hits == 1 and memo["appliances"].hits == 3
+
+
 @pytest.mark.parametrize("value,expected", [("-05:00", -300), ("+0530", 330), ("UTC", 0)])
 def test_time_zones(value: str, expected: int) -> None:
     tz = parse_time_zone(value)
