@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -154,12 +154,31 @@ def engine_run(provider_id: str, db_url: str, conf: dict[str, Any], *, record: b
             "reconcile": out_rc, "media": media_out, "summary": summary, "recorded": recorded}
 
 
-DAGRUN_MARK = "DAGRUN_RESULT "
+RESULT_MARK = "RUNNER_RESULT "
+
+
+def _in_child(args: list[str], env: dict[str, str], what: str, timeout: float,
+              on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """`python -m bench.runner ARGS` and its printed result; `on_start(pid)` names it to a monitor."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.runner", *args], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    if on_start is not None:
+        on_start(proc.pid)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise RuntimeError(f"{what} timed out after {timeout:.0f} s") from None
+    for line in out.splitlines():
+        if line.startswith(RESULT_MARK):
+            return json.loads(line[len(RESULT_MARK):])
+    raise RuntimeError(f"{what} failed (exit {proc.returncode}): {err.strip()[-1500:]}")
 
 
 def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[str, Any] | None = None,
-            timeout: float = 1800) -> dict[str, Any]:
-    """The provider's real DAG through `dag.test()`, in a child process (`python -m bench.runner`).
+            timeout: float = 1800, on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """The provider's real DAG through `dag.test()`, in a child process of its own.
 
     Airflow per-task overhead is included. A process of its own, as Airflow gives each task: run
     in the bench process, dag.test() left its in-process API server, threads and ~700,000 objects
@@ -170,12 +189,7 @@ def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[s
     env = dict(os.environ, MLS_DATABASE_URL=db_url)
     if storage is not None:
         env["MLS_MEDIA_STORAGE"] = json.dumps(storage)
-    cmd = [sys.executable, "-m", "bench.runner", provider_id, json.dumps(conf)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    for line in proc.stdout.splitlines():
-        if line.startswith(DAGRUN_MARK):
-            return json.loads(line[len(DAGRUN_MARK):])
-    raise RuntimeError(f"dag.test() of {provider_id} failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+    return _in_child(["dag", provider_id, json.dumps(conf)], env, f"dag.test() of {provider_id}", timeout, on_start)
 
 
 def _dag_run_here(provider_id: str, conf: dict[str, Any]) -> dict[str, Any]:
@@ -202,9 +216,15 @@ def _dag_run_here(provider_id: str, conf: dict[str, Any]) -> dict[str, Any]:
             "task_states": states}
 
 
-if __name__ == "__main__":
+def _main(argv: list[str]) -> dict[str, Any]:
+    """`dag PROVIDER CONF_JSON`: what `dag_run` starts."""
     from bench.stack import set_airflow_env
 
     set_airflow_env()
-    result = _dag_run_here(sys.argv[1], json.loads(sys.argv[2]))
-    print(DAGRUN_MARK + json.dumps(result), flush=True)
+    if argv[0] != "dag":
+        raise SystemExit(f"usage: python -m bench.runner dag PROVIDER CONF_JSON (got {argv[:1]})")
+    return _dag_run_here(argv[1], json.loads(argv[2]))
+
+
+if __name__ == "__main__":
+    print(RESULT_MARK + json.dumps(_main(sys.argv[1:]), default=str), flush=True)

@@ -129,7 +129,8 @@ def engine_sync(b: Bench, mock: Mock, res: dict[str, Any], provider: str, conf: 
 
 def dag_sync(b: Bench, mock: Mock, res: dict[str, Any], provider: str, conf: dict[str, Any]) -> dict[str, Any]:
     storage = b.storage() if conf.get("include_photos") else None
-    out = measured(b, mock, res, lambda: runner.dag_run(provider, conf, b.db_url, storage))
+    out = measured(b, mock, res, lambda: runner.dag_run(provider, conf, b.db_url, storage,
+                                                        on_start=lambda pid: b.monitor.watch(pid, "dag")))
     res["dag_state"] = out["state"]
     res["task_states"] = out["task_states"]
     bad = {k: v for k, v in out["task_states"].items() if v not in ("success", "skipped")}

@@ -47,8 +47,8 @@ def test_bench_scenario_1_small(tmp_path) -> None:
     ratios = sorted(r["ratio"] for r in res["repeats"])
     assert len(ratios) == 3 and res["ratios"]["full_sync_vs_floor"] == ratios[1]
     assert all(t["status"] in ("PASS", "MISS", "n/a") for t in res["targets"])
-    # who used the cores: the sync itself and the database did work; the mock is watched (its
-    # share of a 300-listing sync can round to nothing)
+    # who used the cores: the sync and the database did work; the mock is watched (its share of a
+    # 300-listing sync can round to nothing)
     cpu = res["cpu_seconds_by_process"]
     assert cpu["bench"] > 0 and cpu["postgres"] > 0 and cpu["mock"] >= 0, cpu
     assert "CPU seconds by process" in proc.stdout
