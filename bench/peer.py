@@ -18,15 +18,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import psutil
+
+from bench.child import run_module
 
 MB = 1024 * 1024
 
@@ -149,21 +149,9 @@ def main(argv: list[str] | None = None) -> int:
 def run_peer(client: str, provider_id: str, query: str = "", fmt: str = "COMPACT-DECODED",
              timeout: float = 1800, monitor: Any = None) -> dict[str, Any]:
     """Run one walk in a child process (so its RSS is its own) and return its JSON result."""
-    cmd = [sys.executable, "-m", "bench.peer", client, "--provider", provider_id, "--query", query,
-           "--format", fmt]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-    if monitor is not None:
-        monitor.watch(proc.pid, f"peer:{client}")
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"peer {client} timed out after {timeout}s") from None
-    for line in out.splitlines():
-        if line.startswith("PEER_RESULT "):
-            return json.loads(line.split(" ", 1)[1])
-    raise RuntimeError(f"peer {client} failed (exit {proc.returncode}): {err.strip()[-800:]}")
+    cmd = [client, "--provider", provider_id, "--query", query, "--format", fmt]
+    on_start = (lambda pid: monitor.watch(pid, f"peer:{client}")) if monitor is not None else None
+    return run_module("bench.peer", cmd, "PEER_RESULT ", f"peer {client}", timeout=timeout, on_start=on_start)
 
 
 if __name__ == "__main__":

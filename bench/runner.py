@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +16,7 @@ from unittest import mock
 import requests
 import sqlalchemy as sa
 
+from bench.child import run_module
 from bench.stack import DATA_TABLES, engine
 
 SEARCH_PATHS = ("/rets/search", "/reso/odata/Property")
@@ -157,25 +157,6 @@ def engine_run(provider_id: str, db_url: str, conf: dict[str, Any], *, record: b
 RESULT_MARK = "RUNNER_RESULT "
 
 
-def _in_child(args: list[str], env: dict[str, str], what: str, timeout: float,
-              on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """`python -m bench.runner ARGS` and its printed result; `on_start(pid)` names it to a monitor."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.runner", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    if on_start is not None:
-        on_start(proc.pid)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.communicate()
-        raise RuntimeError(f"{what} timed out after {timeout:.0f} s") from None
-    for line in out.splitlines():
-        if line.startswith(RESULT_MARK):
-            return json.loads(line[len(RESULT_MARK):])
-    raise RuntimeError(f"{what} failed (exit {proc.returncode}): {err.strip()[-1500:]}")
-
-
 def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[str, Any] | None = None,
             timeout: float = 1800, on_start: Callable[[int], None] | None = None) -> dict[str, Any]:
     """The provider's real DAG through `dag.test()`, in a child process of its own.
@@ -189,7 +170,8 @@ def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[s
     env = dict(os.environ, MLS_DATABASE_URL=db_url)
     if storage is not None:
         env["MLS_MEDIA_STORAGE"] = json.dumps(storage)
-    return _in_child(["dag", provider_id, json.dumps(conf)], env, f"dag.test() of {provider_id}", timeout, on_start)
+    return run_module("bench.runner", ["dag", provider_id, json.dumps(conf)], RESULT_MARK,
+                      f"dag.test() of {provider_id}", env=env, timeout=timeout, on_start=on_start)
 
 
 def _dag_run_here(provider_id: str, conf: dict[str, Any]) -> dict[str, Any]:
