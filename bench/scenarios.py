@@ -169,7 +169,12 @@ def full_sync(b: Bench, mock: Mock, scenario: str, provider: str, listings: int,
         # Each repeat is a sync from an empty store followed at once by its floor; the quoted ratio
         # is the median of those pairs, so a burst of load on this shared machine moves one pair,
         # not the figure.
-        pairs: list[tuple[float, dict[str, Any], dict[str, float]]] = []
+        # every figure of the quoted pair's sync, not of whichever repeat ran last
+        per_run = ("wall_seconds", "records_per_second", "stage_walls", "stage_timings", "counts", "sync_id",
+                   "mls_requests", "mls_requests_by_endpoint", "bytes_transferred", "rows_written",
+                   "rows_written_reported", "peak_rss_mb", "peak_rss_process", "peak_rss_by_process",
+                   "peak_rss_ours_mb", "cpu_seconds_by_process")
+        pairs: list[tuple[float, dict[str, Any], dict[str, Any]]] = []
         for i in range(max(1, repeat)):
             truncate(b.db_url)
             out = engine_sync(b, mock, res, provider, conf, record=True, tag=tag if i == 0 else None)
@@ -177,12 +182,10 @@ def full_sync(b: Bench, mock: Mock, scenario: str, provider: str, listings: int,
                 res["recorded_requests"] = len(out["recorded"])
                 res["_recorded"] = out["recorded"]
             pairs.append((res["wall_seconds"], floors.records_floor(mock, protocol, out["recorded"], b.db_url,
-                                                                    provider), res["cpu_seconds_by_process"]))
+                                                                    provider), {k: res.get(k) for k in per_run}))
         pairs.sort(key=lambda p: p[0] / p[1]["seconds"])
-        wall, fl, res["cpu_seconds_by_process"] = pairs[len(pairs) // 2]
-        res["wall_seconds"] = wall
-        if res["records"]:
-            res["records_per_second"] = round(res["records"] / wall, 1)
+        _, fl, figures = pairs[len(pairs) // 2]
+        res.update(figures)
         if len(pairs) > 1:
             res["repeats"] = [{"wall_seconds": w, "floor_seconds": round(f["seconds"], 3),
                                "ratio": ratio(w, f["seconds"])} for w, f, _ in pairs]
