@@ -170,7 +170,7 @@ def dag_run(provider_id: str, conf: dict[str, Any], db_url: str, storage: dict[s
     env = dict(os.environ, MLS_DATABASE_URL=db_url)
     if storage is not None:
         env["MLS_MEDIA_STORAGE"] = json.dumps(storage)
-    return run_module("bench.runner", ["dag", provider_id, json.dumps(conf)], RESULT_MARK,
+    return run_module("bench.runner", [provider_id, json.dumps(conf)], RESULT_MARK,
                       f"dag.test() of {provider_id}", env=env, timeout=timeout, on_start=on_start)
 
 
@@ -182,9 +182,11 @@ def _dag_run_here(provider_id: str, conf: dict[str, Any]) -> dict[str, Any]:
     from devstack import ROOT
 
     bag = DagBag(dag_folder=str(ROOT / "dags"))
-    dag = bag.get_dag(f"mls_sync__{provider_id}")
+    from mls_sync.config import sync_dag_id
+
+    dag = bag.get_dag(sync_dag_id(provider_id))
     if dag is None:
-        raise RuntimeError(f"DAG mls_sync__{provider_id} not found: {bag.import_errors}")
+        raise RuntimeError(f"DAG {sync_dag_id(provider_id)} not found: {bag.import_errors}")
     for task in dag.tasks:
         task.retries = 0
     started = time.monotonic()
@@ -199,13 +201,11 @@ def _dag_run_here(provider_id: str, conf: dict[str, Any]) -> dict[str, Any]:
 
 
 def _main(argv: list[str]) -> dict[str, Any]:
-    """`dag PROVIDER CONF_JSON`: what `dag_run` starts."""
+    """`PROVIDER CONF_JSON`: what `dag_run` starts."""
     from bench.stack import set_airflow_env
 
     set_airflow_env()
-    if argv[0] != "dag":
-        raise SystemExit(f"usage: python -m bench.runner dag PROVIDER CONF_JSON (got {argv[:1]})")
-    return _dag_run_here(argv[1], json.loads(argv[2]))
+    return _dag_run_here(argv[0], json.loads(argv[1]))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from airflow.sdk import (
     get_parsing_context,
     task,
 )
-from mls_sync.config import ConfigError, ProviderConfig, load_provider, provider_paths
+from mls_sync.config import ConfigError, ProviderConfig, load_provider, provider_paths, status_dag_id, sync_dag_id
 from mls_sync.run_options import PARAM_SCHEMAS
 from mls_sync_airflow import callbacks
 from mls_sync_airflow import tasks as run
@@ -117,7 +117,7 @@ def build_status_dag(cfg: ProviderConfig) -> DAG:
     pid = cfg.provider_id
 
     @dag(
-        dag_id=f"mls_status__{pid}", schedule=cfg.status_poll.schedule if cfg.status_poll.enabled else None,
+        dag_id=cfg.status_dag_id(), schedule=cfg.status_poll.schedule if cfg.status_poll.enabled else None,
         start_date=START, catchup=False, max_active_runs=1, tags=["mls", "mls-status", *cfg.tags],
         doc_md=_doc(cfg, "status poll (Active -> Pending -> Closed within minutes)"),
         default_args=_default_args(cfg), is_paused_upon_creation=not cfg.enabled,
@@ -143,7 +143,7 @@ def _build_all() -> dict[str, DAG]:
     wanted = get_parsing_context().dag_id
     out: dict[str, DAG] = {}
     for path in provider_paths():
-        ids = (f"mls_sync__{path.stem}", f"mls_status__{path.stem}")
+        ids = (sync_dag_id(path.stem), status_dag_id(path.stem))
         if wanted and wanted not in ids:
             continue  # a worker running one task parses only that DAG
         try:

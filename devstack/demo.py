@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                               remove=max(1, n // 5))
             print("mock MLS changes since last demo: " + ", ".join(f"{k} {len(v)}" for k, v in changed.items()))
         from airflow.dag_processing.dagbag import DagBag
+        from mls_sync.config import sync_dag_id
 
         bag = DagBag(dag_folder=str(ROOT / "dags"))
         if bag.import_errors:
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         failures = 0
         for pid in args.providers:
-            dag = bag.get_dag(f"mls_sync__{pid}")
+            dag = bag.get_dag(sync_dag_id(pid))
             started = time.monotonic()
             dag.test()
             wall = time.monotonic() - started

@@ -233,11 +233,23 @@ class ProviderConfig(_Strict):
         return tuple(sorted(k for k, v in self.status_map.items() if v in standard))
 
     def dag_id(self) -> str:
-        return f"mls_sync__{self.provider_id}"
+        return sync_dag_id(self.provider_id)
+
+    def status_dag_id(self) -> str:
+        return status_dag_id(self.provider_id)
 
     def pool(self) -> str:
         """The Airflow pool bounding this provider's concurrent tasks (`mls_sync_airflow.setup` makes it)."""
         return f"mls_{self.provider_id}"
+
+
+def sync_dag_id(provider_id: str) -> str:
+    """The provider's sync DAG (also named for a YAML that does not load, whose DAG shows the error)."""
+    return f"mls_sync__{provider_id}"
+
+
+def status_dag_id(provider_id: str) -> str:
+    return f"mls_status__{provider_id}"
 
 
 def _format_errors(path: Path, exc: ValidationError) -> str:

@@ -49,7 +49,6 @@ def test_bench_scenario_1_small(tmp_path) -> None:
     # and the other figures are that pair's sync's too
     median = sorted(res["repeats"], key=lambda r: r["ratio"])[1]
     assert res["wall_seconds"] == median["wall_seconds"]
-    assert res["records_per_second"] == round(res["records"] / res["wall_seconds"], 1)
     assert sum(res["stage_walls"].values()) <= res["wall_seconds"] + 0.01  # its stages, not another run's
     assert all(t["status"] in ("PASS", "MISS", "n/a") for t in res["targets"])
     # who used the cores: the sync and the database did work; the mock is watched (its share of a

@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from mls_sync.config import ConfigError, ProviderConfig, load_providers
+from mls_sync.config import ConfigError, ProviderConfig, load_providers, sync_dag_id
 from mls_sync.run_options import RunOptions, RunOptionsError
 from mls_sync.store import conflicts as conflict_store
 from mls_sync.store import errors as err_store
@@ -77,7 +77,7 @@ def all_providers() -> list[Provider]:
     out = []
     for path, cfg in load_providers():
         if isinstance(cfg, ConfigError):
-            out.append(Provider(path.stem, f"mls_sync__{path.stem}", path.stem, "?", None, False, None, str(cfg)))
+            out.append(Provider(path.stem, sync_dag_id(path.stem), path.stem, "?", None, False, None, str(cfg)))
         else:
             out.append(Provider(cfg.provider_id, cfg.dag_id(), cfg.name, cfg.protocol, cfg.schedule, cfg.enabled,
                                 cfg))

@@ -29,15 +29,15 @@ from mls_sync.sources.rets.errors import SessionExpired, http_error, reply_error
 
 log = logging.getLogger(__name__)
 _CHARSET = re.compile(r"charset\s*=\s*\"?([A-Za-z0-9._-]+)", re.I)
+T = TypeVar("T")
+CHUNK = 64 * 1024
+SESSION_COOKIE = "RETS-Session-ID"
 
 
 def charset_of(resp: requests.Response) -> str | None:
     """The charset the server declared (requests guesses ISO-8859-1 for text/*; we do not)."""
     m = _CHARSET.search(resp.headers.get("Content-Type", ""))
     return m.group(1) if m else None
-T = TypeVar("T")
-CHUNK = 64 * 1024
-SESSION_COOKIE = "RETS-Session-ID"
 
 
 class _ChallengeAuth(AuthBase):
