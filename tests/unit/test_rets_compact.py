@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from mls_sync.sources.base import QueryError
-from mls_sync.sources.rets.compact import REPLACEMENT, CompactParser, parse_bytes
+from mls_sync.sources.rets.compact import REPLACEMENT, CompactParser, XmlRepair, parse_bytes
 from mls_sync.sources.rets.errors import reply_error
 
 from tests.unit.test_rets_fixtures import FLEX_GET, LIBRETS, flex
@@ -100,6 +100,54 @@ def test_streaming_in_tiny_chunks_gives_the_same_rows() -> None:
     body = b'<RETS ReplyCode="0"><COLUMNS>\tA\t</COLUMNS><DATA>\tx &amp; y &#233;\t</DATA></RETS>'
     got = [r for i in range(len(body)) for r in parser.feed(body[i:i + 1])] + list(parser.close())
     assert got[0].values["A"] == "x & y é"
+
+
+# Clean stretches (passed to lxml as they are) between every kind of repair, so that some chunk
+# sizes cut a multibyte character, an entity or a bad byte at a chunk's edge.
+MIXED_ROWS = [
+    ("Núñez € café", "Núñez € café"),
+    ("Bed & Breakfast", "Bed & Breakfast"),
+    ("x &amp; y &lt;3", "x & y <3"),
+    ("ok &#233; bad &#1; tab\x0bhere", f"ok é bad {REPLACEMENT} tab{REPLACEMENT}here"),
+    ("plain ascii " * 8, "plain ascii " * 8),
+    ("latin1 \udcff\udce9 byte", "latin1 ÿé byte"),  # raw 0xFF 0xE9 bytes: not UTF-8
+    ("nonchar \ufffe end", f"nonchar {REPLACEMENT} end"),
+]
+
+
+def _mixed_body() -> bytes:
+    rows = "".join(f"<DATA>\t{i}\t{raw}\t</DATA>" for i, (raw, _) in enumerate(MIXED_ROWS))
+    text = f'<RETS ReplyCode="0" ReplyText="ok"><COLUMNS>\tK\tR\t</COLUMNS>{rows}</RETS>'
+    return text.encode("utf-8", "surrogateescape")
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5, 7, 16, 33, 64, 10_000])
+def test_any_chunking_of_clean_and_repaired_text_gives_the_same_rows(size: int) -> None:
+    body = _mixed_body()
+    parser = CompactParser()
+    rows = [r for i in range(0, len(body), size) for r in parser.feed(body[i:i + size])] + list(parser.close())
+    assert parser.complete
+    assert [r.values["R"] for r in rows] == [want for _, want in MIXED_ROWS]
+
+
+def test_clean_chunks_pass_through_untouched_and_dirty_ones_are_repaired() -> None:
+    repair = XmlRepair("utf-8")
+    head = repair.feed(b'<?xml version="1.0" encoding="UTF-8"?><RETS ReplyCode="0">')
+    assert head == b'<RETS ReplyCode="0">'
+    clean = "<DATA>\tNúñez &amp; Sons\t</DATA>".encode()
+    assert repair.feed(clean) is clean  # no copy: the common case costs no decode/encode
+    assert repair.feed(b"<DATA>\tA & B and the rest\t</DATA>") == b"<DATA>\tA &amp; B and the rest\t</DATA>"
+    assert repair.feed(b"<DATA>\tab\x01c\t</DATA>") == "<DATA>\tab\ufffdc\t</DATA>".encode()
+    # a character cut at the chunk's edge goes through the decoder, which holds its first byte
+    cut = "é".encode()
+    assert repair.feed(b"<DATA>\t" + cut[:1]) == b"<DATA>\t"
+    assert repair.feed(cut[1:] + b"\t</DATA>") == "é\t</DATA>".encode()
+    # declared windows-1252: ASCII chunks pass, a chunk with 0xE9 is decoded as that charset
+    latin = XmlRepair()
+    latin.feed(b'<?xml version="1.0" encoding="windows-1252"?><RETS>')
+    ascii_chunk = b"<DATA>\tplain\t</DATA>"
+    assert latin.feed(ascii_chunk) is ascii_chunk
+    assert latin.feed(b"<DATA>\tcaf\xe9\t</DATA>") == "<DATA>\tcafé\t</DATA>".encode()
 
 
 def test_truncated_reply_is_detected() -> None:
