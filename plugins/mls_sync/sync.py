@@ -24,7 +24,7 @@ from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
 from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
-from mls_sync.pipeline import Writer, prefetched
+from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, Source
@@ -37,6 +37,10 @@ from mls_sync.store.tables import Tables, tables
 
 log = logging.getLogger(__name__)
 KEYS_PER_QUERY = 200
+# transform_load's batches written at once, each on its own connection: PostgreSQL's upsert of a
+# batch (parsing its JSON, seven indexes, WAL) is one backend's work, the longest step of the load
+WRITERS = 2
+LOAD_BATCH = 1000  # landed records per transform_load transaction (one upsert statement)
 
 
 @dataclass
@@ -77,7 +81,8 @@ def _stage(ctx: SyncContext, plan: dict[str, Any], name: str) -> Iterator[dict[s
     with ctx.db.begin() as c:
         runs.mark_running(c, ctx.t, ctx.provider.provider_id, plan["sync_id"], name)
     extra: dict[str, Any] = {}
-    yield extra
+    with gc_for_batches():
+        yield extra
     with ctx.db.begin() as c:
         runs.record_stage(c, ctx.t, plan["sync_id"], name, time.monotonic() - started, extra or None)
 
@@ -295,13 +300,19 @@ def map_batch(ctx: SyncContext, mapper: Mapper, batch: list[tuple[str, dict[str,
     return out
 
 
-def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: LoadProgress) -> None:
-    """Write one mapped batch and its checkpoint in one transaction (or preview it on a dry run)."""
+def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: LoadProgress,
+                turn: Turn | None = None) -> None:
+    """Write one mapped batch and its checkpoint in one transaction (or preview it on a dry run).
+
+    With a `turn` (transform_load's parallel writers), the rows are written while the batch
+    before is still being written, and the checkpoint, counts and `acc` wait for it: batches commit
+    in key order. Batches hold disjoint listings, so the two transactions never wait on each
+    other's rows; the shared rows (history, status) are only touched after the turn.
+    """
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     good, removals, rejected, warned = mb.good, mb.removals, mb.rejected, mb.warned
-    if mb.max_modified is not None and (acc.max_modified is None or mb.max_modified > acc.max_modified):
-        acc.max_modified = mb.max_modified
     counts: dict[str, int] = {}
+    preview: dict[str, list[str]] | None = None
     with ctx.db.begin() as c:
         if plan["dry_run"]:
             preview = prop_store.preview_rows(c, t, p.provider_id, good)
@@ -310,12 +321,6 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
             counts = {"added": len(preview["add"]), "updated": len(preview["update"]),
                       "unchanged": len(preview["unchanged"]), "conflicted": len(preview["conflict"]) +
                       gone["conflicted"], "deleted": gone["deleted"], "failed": len(rejected)}
-            if acc.preview is None:
-                acc.preview = {"add": [], "update": [], "conflict": [], "delete": []}
-            sample = acc.preview
-            for kind, keys in (("add", preview["add"]), ("update", preview["update"]),
-                               ("conflict", preview["conflict"]), ("delete", removals)):
-                sample[kind].extend(keys[: max(0, 50 - len(sample[kind]))])
         else:
             res = prop_store.upsert_rows(c, t, p.provider_id, p.conflicts.policy, good, sid)
             gone = prop_store.remove_listings(c, t, p.provider_id, removals, "removed by the MLS",
@@ -332,15 +337,28 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
                 err_store.record_error(c, t, provider_id=p.provider_id, stage="transform_warning",
                                        category="data", ref=key, message=reason, payload=rec, sync_id=sid,
                                        max_attempts=1)
-            if acc.open_error_stages is None:
-                acc.open_error_stages = err_store.open_stages(c, t, p.provider_id)
+            open_stages = acc.open_error_stages
+            if open_stages is None:  # two writers may both look: they see the same rows
+                open_stages = acc.open_error_stages = err_store.open_stages(c, t, p.provider_id)
             ok_keys = [r["listing_key"] for r, _ in good]
-            if "transform" in acc.open_error_stages:
+            if "transform" in open_stages:
                 err_store.resolve(c, t, p.provider_id, "transform", ok_keys)
-            if "transform_warning" in acc.open_error_stages:
+            if "transform_warning" in open_stages:
                 warned_keys = {k for k, _, _ in warned}
                 err_store.resolve(c, t, p.provider_id, "transform_warning",
                                   [k for k in ok_keys if k not in warned_keys])
+        if turn is not None:
+            turn.wait()
+        # in order from here: the checkpoint and what the run has done so far
+        if mb.max_modified is not None and (acc.max_modified is None or mb.max_modified > acc.max_modified):
+            acc.max_modified = mb.max_modified
+        if preview is not None:
+            if acc.preview is None:
+                acc.preview = {"add": [], "update": [], "conflict": [], "delete": []}
+            sample = acc.preview
+            for kind, keys in (("add", preview["add"]), ("update", preview["update"]),
+                               ("conflict", preview["conflict"]), ("delete", removals)):
+                sample[kind].extend(keys[: max(0, 50 - len(sample[kind]))])
         state: dict[str, Any] = {"transform_after": mb.last_key} if acc.stage == "transform_load" else {}
         if acc.max_modified is not None:
             state["max_modified"] = acc.max_modified.isoformat()
@@ -365,11 +383,12 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     state = run.get("stage_state") or {}
     acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
     mapper = mapper_for_run(ctx, run)
-    with _stage(ctx, plan, "transform_load") as extra, Writer("transform-write") as writer:
-        # PostgreSQL writes batch N while this thread reads and maps batch N+1; checkpoints stay
-        # in key order. (Reading in a third thread as well measured no faster on two cores.)
+    with _stage(ctx, plan, "transform_load") as extra, Writer("transform-write", WRITERS) as writer:
+        # PostgreSQL writes batches N-1 and N on two connections while this thread reads and maps
+        # batch N+1; checkpoints commit in key order. (Reading in a third thread as well measured
+        # no faster on two cores.)
         for batch in raw_store.iter_run(ctx.db, ctx.t, ctx.provider.provider_id, sid,
-                                        after_key=state.get("transform_after")):
+                                        after_key=state.get("transform_after"), batch=LOAD_BATCH):
             writer.submit(write_batch, ctx, plan, map_batch(ctx, mapper, batch), acc)
         writer.wait()
         if plan["dry_run"] and acc.preview:

@@ -72,3 +72,57 @@ def test_killed_fetch_resumes_without_duplicates(provider_id, mock_mls_factory, 
     with db.connect() as c:
         stored = c.execute(sa.text("SELECT count(*), count(DISTINCT listing_key) FROM properties")).one()
     assert stored == (len(expected), len(expected))
+
+
+def test_a_failed_load_batch_keeps_the_batches_before_it_and_resumes_after_them(
+        mock_mls_factory, db, monkeypatch) -> None:
+    """Two writers upsert neighbouring batches at once; a batch that fails must leave exactly the
+    batches before it committed, the checkpoint at the last of them and the counts matching."""
+    from mls_sync.store import properties as prop_store
+
+    mls = mock_mls_factory(listings=1500, seed=9, photos_per_listing=1)
+    os.environ.update(mls_connections(mls.url, mls.credentials))
+    cfg = find_provider("demo_reso")
+    ctx = sync.SyncContext(provider=cfg, db=db, mls=from_env(cfg.connection_id))
+    plan = sync.plan(ctx, dag_id="t", dag_run_id="failed-batch", conf={"include_photos": False})
+    sync.fetch(ctx, plan)
+    monkeypatch.setattr(sync, "LOAD_BATCH", 60)
+    assert sync.WRITERS == 2
+    real_upsert = prop_store.upsert_rows
+    calls = {"n": 0}
+
+    def upsert(conn, t, provider_id, policy, rows, sync_id):
+        calls["n"] += 1
+        n = calls["n"]
+        if n == 6:
+            time.sleep(0.05)  # the next batch is being written meanwhile
+            raise RuntimeError("disk full")
+        out = real_upsert(conn, t, provider_id, policy, rows, sync_id)
+        if n == 7:
+            time.sleep(0.1)  # still in flight when batch 6 fails
+        return out
+
+    monkeypatch.setattr(prop_store, "upsert_rows", upsert)
+    with pytest.raises(RuntimeError, match="disk full"):
+        sync.transform_load(ctx, plan)
+    assert calls["n"] == 7  # batch 7 was upserted beside the failing 6, and nothing after it
+
+    def state() -> tuple[list[str], str | None, int]:
+        with db.connect() as c:
+            keys = sorted(c.execute(sa.text("SELECT listing_key FROM properties")).scalars())
+            row = c.execute(sa.text("SELECT stage_state, added FROM mls_sync_history WHERE id = :s"),
+                            {"s": plan["sync_id"]}).one()
+        return keys, (row.stage_state or {}).get("transform_after"), row.added
+
+    keys, after, added = state()
+    assert len(keys) == 5 * 60  # batches 1-5; 6 failed and 7 was rolled back behind it
+    assert after == keys[-1] and added == len(keys)
+
+    monkeypatch.setattr(prop_store, "upsert_rows", real_upsert)
+    out = sync.transform_load(ctx, plan)
+    keys, after, added = state()
+    with db.connect() as c:
+        landed = c.execute(sa.text("SELECT count(*) FROM mls_raw_records WHERE sync_id = :s AND NOT deleted"),
+                           {"s": plan["sync_id"]}).scalar()
+    assert len(keys) == len(set(keys)) == landed - out["failed"]
+    assert added == len(keys) and out["added"] == len(keys) - 5 * 60

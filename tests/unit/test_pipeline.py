@@ -6,7 +6,7 @@ import threading
 import time
 
 import pytest
-from mls_sync.pipeline import Writer, prefetched
+from mls_sync.pipeline import EarlierStepFailed, Turn, Writer, prefetched
 
 
 def test_prefetched_keeps_order_and_runs_ahead_by_one() -> None:
@@ -59,7 +59,7 @@ def test_writer_runs_steps_in_order_one_at_a_time() -> None:
     log: list[str] = []
     running = threading.Lock()
 
-    def step(n: int) -> None:
+    def step(n: int, turn: Turn) -> None:
         assert running.acquire(blocking=False), "two steps ran at once"
         try:
             time.sleep(0.01)
@@ -79,7 +79,7 @@ def test_writer_runs_steps_in_order_one_at_a_time() -> None:
 def test_writer_error_reaches_the_caller_and_stops_further_steps() -> None:
     done: list[int] = []
 
-    def step(n: int) -> None:
+    def step(n: int, turn: Turn) -> None:
         if n == 1:
             raise ValueError("constraint violated")
         done.append(n)
@@ -88,3 +88,64 @@ def test_writer_error_reaches_the_caller_and_stops_further_steps() -> None:
         for n in range(5):
             w.submit(step, n)
     assert done == [0]
+
+
+def test_parallel_writer_overlaps_steps_but_finishes_them_in_order() -> None:
+    log: list[str] = []
+    lock = threading.Lock()
+    both_running = threading.Event()
+    running = [0]
+
+    def step(n: int, turn: Turn) -> None:
+        with lock:
+            running[0] += 1
+            if running[0] == 2:
+                both_running.set()
+        # the later step's slow part runs while the earlier one is still in its own
+        time.sleep(0.05 if n % 2 == 0 else 0.01)
+        turn.wait()
+        with lock:
+            running[0] -= 1
+            log.append(f"done{n}")
+
+    with Writer(parallel=2) as w:
+        for n in range(6):
+            w.submit(step, n)
+    assert both_running.is_set()
+    assert log == [f"done{n}" for n in range(6)]
+
+
+def test_parallel_writer_rolls_back_the_step_after_a_failure_and_raises_the_first_error() -> None:
+    finished: list[int] = []
+    refused: list[int] = []
+
+    def step(n: int, turn: Turn) -> None:
+        if n == 1:
+            time.sleep(0.02)
+            raise ValueError("constraint violated")
+        try:
+            turn.wait()
+        except EarlierStepFailed:
+            refused.append(n)
+            raise
+        finished.append(n)
+
+    with pytest.raises(ValueError, match="constraint"), Writer(parallel=2) as w:
+        for n in range(6):
+            w.submit(step, n)
+    assert finished == [0]
+    assert refused == [2]  # in flight beside the failing step; nothing later was started
+
+
+def test_gc_for_batches_raises_the_young_threshold_and_restores_it_even_on_error() -> None:
+    import gc
+
+    from mls_sync.pipeline import gc_for_batches
+
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), gc_for_batches(young=50_000):
+        assert gc.get_threshold() == (50_000, *before[1:])
+        raise RuntimeError("stage failed")
+    assert gc.get_threshold() == before
+    with gc_for_batches(young=10):  # never lowers a higher threshold someone set
+        assert gc.get_threshold()[0] == before[0]
