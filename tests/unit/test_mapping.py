@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mls_sync.config import find_provider
-from mls_sync.mapping import Mapper, parse_time_zone, row_hash
+from mls_sync.mapping import Mapper, n_html, parse_time_zone, row_hash
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "include" / "mappings"
 
@@ -46,6 +46,20 @@ def test_normalizes_every_kind(rets_mapper: Mapper) -> None:
     assert row["interior_features"] == ["Granite Counters", "Fireplace"]
     assert row["public_remarks"] == "Sunny & bright\nhome\nWow"
     assert row["latitude"] == Decimal("30.2672")
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("  Plain remarks, nothing to clean.  ", "Plain remarks, nothing to clean."),
+    ("Two  spaces\tand a tab", "Two spaces and a tab"),
+    ("line one\r\n\n  line two ", "line one\nline two"),
+    ("form\x0cfeed and\u2028separator", "form feed and\nseparator"),
+    ("group\x1dsep", "group\nsep"),
+    ("<p>Sunny &amp; bright<br/>home</p>", "Sunny & bright\nhome"),
+    ("Price &lt; $500k", "Price < $500k"),
+    ("   ", None),
+])
+def test_html_remarks_clean_only_what_needs_it(raw: str, expected: str | None) -> None:
+    assert n_html(raw, None, None) == expected
 
 
 def test_missing_required_field_rejects_with_reason(rets_mapper: Mapper) -> None:
