@@ -17,9 +17,12 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mls_sync.sources.base import AuthError, PhotoObject, SearchCriteria, Source, SourceError
+
+if TYPE_CHECKING:
+    from mls_sync.config import ProviderConfig
 
 EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 0, 2, 3, 4
 Command = Callable[[argparse.Namespace, Source], int]
@@ -56,9 +59,27 @@ def _explicit_provider(args: argparse.Namespace) -> tuple[Any, Any]:
     return provider, conn
 
 
+def provider_from_args(args: argparse.Namespace) -> ProviderConfig:
+    """The --provider YAML with the command line's overrides (--attempts), validated like the YAML."""
+    from pydantic import ValidationError
+
+    from mls_sync.config import find_provider
+
+    provider = find_provider(args.provider)
+    if args.attempts is None:
+        return provider
+    try:
+        limits = type(provider.limits).model_validate({**provider.limits.model_dump(),
+                                                       "request_attempts": args.attempts})
+    except ValidationError as exc:
+        raise UsageError(f"--attempts {args.attempts}: {exc.errors()[0]['msg']} (attempts per request, "
+                         "retries + 1)") from None
+    return provider.model_copy(update={"limits": limits})
+
+
 def open_from_args(args: argparse.Namespace) -> Source:
     """--provider NAME (YAML + AIRFLOW_CONN_<ID>) or explicit --login-url arguments."""
-    from mls_sync.config import ConfigError, find_provider
+    from mls_sync.config import ConfigError
     from mls_sync.connections import ConnectionNotFound, from_env
     from mls_sync.sources import open_source
 
@@ -66,10 +87,7 @@ def open_from_args(args: argparse.Namespace) -> Source:
         if args.provider and args.login_url:
             raise UsageError("use either --provider or --login-url, not both")
         if args.provider:
-            provider = find_provider(args.provider)
-            if args.attempts is not None:
-                limits = provider.limits.model_copy(update={"request_attempts": args.attempts})
-                provider = provider.model_copy(update={"limits": limits})
+            provider = provider_from_args(args)
             conn = from_env(provider.connection_id)
         elif args.login_url:
             provider, conn = _explicit_provider(args)
@@ -210,7 +228,6 @@ def add_photos(sub: argparse._SubParsersAction) -> None:
 def cmd_sync(args: argparse.Namespace, source: Source) -> int:
     """One whole sync run with the engine, no Airflow: the DAG's stages in the DAG's order."""
     from mls_sync import media, sync
-    from mls_sync.config import find_provider
     from mls_sync.connections import from_env
     from mls_sync.objectstore import storage_settings, store_from_settings
     from mls_sync.run_options import RunOptionsError
@@ -218,7 +235,7 @@ def cmd_sync(args: argparse.Namespace, source: Source) -> int:
 
     if not args.provider:
         raise UsageError("sync needs --provider NAME (a YAML in include/mappings)")
-    cfg = find_provider(args.provider)
+    cfg = provider_from_args(args)
     try:
         engine = get_engine()
     except DatabaseConfigError as exc:

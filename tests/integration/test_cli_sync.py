@@ -53,3 +53,22 @@ def test_sync_with_unreachable_database_is_one_line(mock_mls_factory) -> None:
     assert out.returncode == 2
     assert out.stderr.count("\n") == 1 and "MLS_DATABASE_URL" in out.stderr and "Traceback" not in out.stderr
     assert "hunter2" not in out.stderr
+
+
+def test_sync_attempts_flag_sets_the_retries_of_the_run(mock_mls_factory, db, db_url) -> None:
+    mls = mock_mls_factory(listings=50, seed=9, photos_per_listing=1)
+    env = {**os.environ, **mls_connections(mls.url, mls.credentials), "MLS_DATABASE_URL": db_url}
+    # one 503 on the search: with a single attempt the run fails, with the YAML's five it is retried
+    mls.fault("http_error", status=503, count=1, path="/rets/search")
+    out = _cli(env, "sync", "--provider", "demo_rets", "--no-photos", "--attempts", "1")
+    assert out.returncode != 0 and "503" in out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["state"] == "failed"
+    assert scalar(db, "SELECT count(*) FROM properties") == 0
+    mls.fault("http_error", status=503, count=1, path="/rets/search")
+    out = _cli(env, "sync", "--provider", "demo_rets", "--no-photos")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])["state"] == "success"
+    out = _cli(env, "sync", "--provider", "demo_rets", "--attempts", "0")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr == ("mls-sync: --attempts 0: Input should be greater than or equal to 1 "
+                          "(attempts per request, retries + 1)\n")
