@@ -49,18 +49,25 @@ class SyncContext:
 
     provider: ProviderConfig
     db: Engine
-    mls: Connection
+    # the MLS connection, or what looks it up: called on first use, so the stages that only touch
+    # the database (plan, transform_load, finalize) run even when the connection is missing or broken
+    mls: Connection | Callable[[], Connection]
     source_factory: Callable[[ProviderConfig, Connection, RateLimiter], Source] = open_source
 
     @property
     def t(self) -> Tables:
         return tables(self.db)
 
+    def connection(self) -> Connection:
+        if not isinstance(self.mls, Connection):
+            self.mls = self.mls()
+        return self.mls
+
     def source(self) -> Source:
         """A source whose client gets this task's share of the provider's request budget."""
         limits = self.provider.limits
         limiter = RateLimiter(limits.budget(share=1 / limits.pool_slots))
-        source = self.source_factory(self.provider, self.mls, limiter)
+        source = self.source_factory(self.provider, self.connection(), limiter)
         if hasattr(source, "metadata_cache"):
             source.metadata_cache = DbMetadataCache(self.db, self.t, self.provider.provider_id)
         return source

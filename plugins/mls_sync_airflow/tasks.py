@@ -39,7 +39,7 @@ def provider_id_of(dag_id: str) -> str:
 def context(provider_id: str) -> sync.SyncContext:
     cfg = provider(provider_id)
     return sync.SyncContext(provider=cfg, db=_db(PropertiesStoreHook.default_conn_name),
-                            mls=MlsHook(cfg.connection_id).get_conn())
+                            mls=MlsHook(cfg.connection_id).get_conn)
 
 
 def trigger_of(ctx: dict[str, Any]) -> str:

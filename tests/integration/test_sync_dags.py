@@ -219,6 +219,18 @@ def test_watermark_only_moves_on_success(mls, db) -> None:
     assert status["consecutive_failures"] == 1
 
 
+def test_missing_mls_connection_fails_the_fetch_and_the_run_is_still_closed(mls, db, monkeypatch) -> None:
+    """Only the tasks that talk to the MLS need its connection: without it the run is opened and
+    closed as failed with the reason, instead of no run at all and a failed finalize."""
+    monkeypatch.delenv("AIRFLOW_CONN_MLS_DEMO_RESO")
+    dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    states = task_states(dr)
+    assert states["plan"] == "success" and states["fetch"] == "failed" and states["finalize"] == "success"
+    run = last_run(db, "demo_reso")
+    assert run["state"] == "failed" and "fetch" in (run["error_summary"] or "")
+    assert scalar(db, "SELECT count(*) FROM properties") == 0
+
+
 @pytest.fixture(autouse=True)
 def _fast_retries(monkeypatch, tmp_path_factory):
     """Task retries with second-long delays, so failure paths finish quickly under dag.test()."""
