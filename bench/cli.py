@@ -33,7 +33,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peer-only", action="store_true", help="scenarios 1/5: only the `rets` peer comparison "
                     "at their sizes (no sync)")
     ap.add_argument("--repeat", type=int, help="engine-only full syncs (each with its floor) per provider; the "
-                    "median ratio is quoted (default 3 for scenario 1, 1 for scenario 5)")
+                    "median ratio is quoted (default 5 for scenario 1, 1 for scenario 5)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     a = ap.parse_args(argv)
     picked = []
@@ -99,7 +99,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                         monitor.watch(mock.pid, "mock")
                         print(f"-- 1 full sync {provider}", flush=True)
                         got = sc.full_sync(b, mock, "1", provider, n1, with_dag=True, tag=f"s1-{provider}",
-                                           label=f"full sync {n1:,}, records only", repeat=a.repeat or 3)
+                                           label=f"full sync {n1:,}, records only", repeat=a.repeat or 5)
                         out += got
                         if provider == "demo_rets" and b.peer and got[0].get("_recorded"):
                             print("-- 1 peer: ours vs rets", flush=True)
