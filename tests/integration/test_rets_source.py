@@ -74,12 +74,19 @@ def test_compact_decodes_like_compact_decoded(big_mls: Any) -> None:
 def test_status_and_since_filters(big_mls: Any) -> None:
     big_mls.configure(row_cap=2500, offset_mode="honour")
     src = source(big_mls)
+    feed = [big_mls.listing(k) for k in big_mls.all_keys()]
     active = [r for p in src.pages(SearchCriteria(statuses=("Active", "Pending"))) for r in p.records]
-    assert active and {r["LIST_15"] for r in active} == {"Active", "Pending"}
+    assert {r["LIST_15"] for r in active} == {"Active", "Pending"}
+    # every listing with those statuses, once: not merely rows that match
+    assert sorted(r["LIST_1"] for r in active) == sorted(
+        x["ListingKey"] for x in feed if x["StandardStatus"] in ("Active", "Pending"))
     since = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
     recent = [r for p in src.pages(SearchCriteria(modified_since=since)) for r in p.records]
     local = (since - timedelta(hours=5)).replace(tzinfo=None)  # the mock's TimeZoneOffset is -05:00
-    assert recent and all(datetime.fromisoformat(r["LIST_87"]) >= local for r in recent)
+    assert all(datetime.fromisoformat(r["LIST_87"]) >= local for r in recent)
+    expected = sorted(x["ListingKey"] for x in feed
+                      if datetime.fromisoformat(x["ModificationTimestamp"].replace("Z", "+00:00")) >= since)
+    assert 0 < len(expected) < len(feed) and sorted(r["LIST_1"] for r in recent) == expected
 
 
 @pytest.mark.parametrize("offset_mode", ["honour", "ignore"])
