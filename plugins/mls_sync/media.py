@@ -316,18 +316,8 @@ def _downloads(source: Source, keys: list[str], listings: dict[str, _Listing]) -
 
 
 def _download_refs(source: Source, refs: list[PhotoRef]) -> Iterator[PhotoObject]:
-    if not refs:
-        return iter(())
-    download = getattr(source, "download", None)
-    if callable(download):
-        return iter(download(refs))
-    from mls_sync.sources.reso.media import MediaDownloader  # RESO: its downloader, its limiter
-
-    client = source.client
-    settings = source.settings
-    downloader = MediaDownloader(client, getattr(source, "media_concurrency", 10),
-                                 token_as_user_agent=bool(getattr(settings, "media_user_agent_token", False)))
-    return downloader.download(refs)
+    """The listed photos to fetch: a source that lists photos (`media_refs`) downloads them too."""
+    return iter(source.download(refs)) if refs else iter(())
 
 
 def _record_time(ctx: SyncContext, sync_id: int, seconds: float) -> None:

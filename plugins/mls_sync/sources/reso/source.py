@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
@@ -231,9 +231,14 @@ class ResoSource(Source):
 
     def photos(self, listing_keys: Sequence[str]) -> Iterator[PhotoObject]:
         """Download every current photo (bounded concurrency); failures yield an error object."""
+        return self.download(self.media_refs(listing_keys))
+
+    def download(self, refs: Iterable[PhotoRef]) -> Iterator[PhotoObject]:
+        """Download these photos (the media stage picks only new or changed ones), bounded
+        concurrency, under this source's limiter; failures yield an error object."""
         downloader = MediaDownloader(self.client, self.media_concurrency,
                                      token_as_user_agent=self.settings.media_user_agent_token)
-        return downloader.download(self.media_refs(listing_keys))
+        return downloader.download(refs)
 
     # ---- service -------------------------------------------------------------------------
     def check(self) -> dict[str, Any]:
