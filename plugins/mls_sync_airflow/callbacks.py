@@ -13,6 +13,8 @@ from typing import Any
 
 from mls_sync.config import ProviderConfig
 
+from mls_sync_airflow.links import dag_url, run_url
+
 log = logging.getLogger(__name__)
 
 
@@ -28,18 +30,6 @@ def _category(exc: BaseException | None) -> str:
     if "config" in name or "validation" in name or "runoptions" in name:
         return "config"
     return "internal"
-
-
-def run_url(dag_id: str, run_id: str | None) -> str:
-    try:
-        from airflow.configuration import conf
-
-        base = conf.get("api", "base_url", fallback="http://localhost:8080").rstrip("/")
-    except Exception:
-        base = "http://localhost:8080"
-    from urllib.parse import quote
-
-    return f"{base}/dags/{quote(dag_id)}/runs/{quote(run_id or '', safe='')}" if run_id else f"{base}/dags/{dag_id}"
 
 
 def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None = None,
@@ -66,7 +56,7 @@ def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None =
         lines.append(f"Error: {type(exc).__name__}: {str(exc)[:500]}")
     if detail:
         lines.append(f"Detail: {detail}")
-    lines.append(f"Link: {run_url(dag_id, run_id)}")
+    lines.append(f"Link: {run_url(dag_id, run_id, absolute=True) or dag_url(dag_id, absolute=True)}")
     return subject, "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request, status
 from fastapi.encoders import jsonable_encoder
@@ -36,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mls_sync_airflow.admin import airflow_ops
 from mls_sync_airflow.admin.auth import allowed, require, same_origin_json, user_name
+from mls_sync_airflow.links import dag_url, run_url, ui_root
 
 HERE = Path(__file__).resolve().parent
 STATIC_FILES = {"app.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
@@ -123,22 +124,6 @@ def min_trigger_interval() -> int:
 
 # ---------------------------------------------------------------- links and rendering
 
-def airflow_base() -> str:
-    """Path prefix of Airflow's own UI (from [api] base_url), so links open Airflow's views."""
-    from airflow.configuration import conf
-
-    path = urlsplit(conf.get("api", "base_url", fallback="/") or "/").path
-    return path.rstrip("/")
-
-
-def dag_url(dag_id: str) -> str:
-    return f"{airflow_base()}/dags/{quote(dag_id, safe='')}"
-
-
-def run_url(dag_id: str, run_id: str | None) -> str | None:
-    return f"{dag_url(dag_id)}/runs/{quote(run_id, safe='')}" if run_id else None
-
-
 def _fmt_dt(value: Any) -> str:
     if not isinstance(value, datetime):
         return "—" if value in (None, "") else str(value)
@@ -203,7 +188,7 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         return f"{root}/{path.lstrip('/')}" + (f"?{query}" if query else "")
 
     html = _templates().get_template(template).render(
-        url=url, page=template.removesuffix(".html"), airflow_home=airflow_base() or "/", **context)
+        url=url, page=template.removesuffix(".html"), airflow_home=ui_root() or "/", **context)
     return HTMLResponse(html, status_code=status_code, headers=SECURITY_HEADERS)
 
 
@@ -571,7 +556,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
                 login = get_auth_manager().get_url_login(next_url=str(request.url))
             except Exception:
-                login = f"{airflow_base()}/auth/login"
+                login = f"{ui_root()}/auth/login"
         resp = render(request, "error.html", status_code=exc.status_code, code=exc.status_code,
                       detail=str(exc.detail), login_url=login)
         resp.headers.update(headers)

@@ -62,9 +62,9 @@ def same_origin_json(request: Request) -> None:
     origin = request.headers.get("origin")
     if origin and origin != "null":
         own = f"{request.url.scheme}://{request.url.netloc}"
-        from airflow.configuration import conf
+        from mls_sync_airflow.links import base_url
 
-        base = conf.get("api", "base_url", fallback="") or ""
+        base = base_url()
         allowed_origins = {own}
         if base.startswith("http"):
             from urllib.parse import urlsplit
