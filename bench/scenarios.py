@@ -150,6 +150,16 @@ def guarded(res: dict[str, Any], fn: Callable[[], None]) -> dict[str, Any]:
     return res
 
 
+def median_of(repeats: list[dict[str, Any]]) -> int:
+    """Index of the quoted repeat: the median by `ratio`. The repeats stay in the order they ran
+    (a drift along them shows) and the quoted one is marked `median`."""
+    order = sorted(range(len(repeats)), key=lambda i: repeats[i]["ratio"])
+    i = order[len(order) // 2]
+    if len(repeats) > 1:
+        repeats[i]["median"] = True
+    return i
+
+
 def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -183,15 +193,12 @@ def full_sync(b: Bench, mock: Mock, scenario: str, provider: str, listings: int,
                 res["_recorded"] = out["recorded"]
             pairs.append((res["wall_seconds"], floors.records_floor(mock, protocol, out["recorded"], b.db_url,
                                                                     provider), {k: res.get(k) for k in per_run}))
-        # the repeats in the order they ran (a drift along them shows), the median one marked
-        in_order = [{"wall_seconds": w, "floor_seconds": round(f["seconds"], 3), "ratio": ratio(w, f["seconds"]),
-                     "stage_walls": figures.get("stage_walls")} for w, f, figures in pairs]
-        order = sorted(range(len(pairs)), key=lambda i: pairs[i][0] / pairs[i][1]["seconds"])
-        _, fl, figures = pairs[order[len(order) // 2]]
+        repeats = [{"wall_seconds": w, "floor_seconds": round(f["seconds"], 3), "ratio": ratio(w, f["seconds"]),
+                    "stage_walls": figures.get("stage_walls")} for w, f, figures in pairs]
+        _, fl, figures = pairs[median_of(repeats)]
         res.update(figures)
         if len(pairs) > 1:
-            in_order[order[len(order) // 2]]["median"] = True
-            res["repeats"] = in_order
+            res["repeats"] = repeats
         res["floor"] = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in fl.items()}
         res["ratios"]["full_sync_vs_floor"] = ratio(res["wall_seconds"], fl["seconds"])
         if fl["rows"] != res["counts"].get("added"):
@@ -265,12 +272,12 @@ def peer_compare(b: Bench, scenario: str, listings: int, recorded: list[dict[str
                 if client == "ours" and not query:
                     query, fmt = got["ours"]["query"], got["ours"]["format"]
             runs.append((got["ours"], got["rets"]))
-        runs.sort(key=lambda p: p[0]["seconds"] / p[1]["seconds"])
-        ours, theirs = runs[len(runs) // 2]
+        repeats = [{"ours_seconds": round(o["seconds"], 3), "rets_seconds": round(t["seconds"], 3),
+                    "ratio": ratio(o["seconds"], t["seconds"])} for o, t in runs]
+        ours, theirs = runs[median_of(repeats)]
         res["peer"] = {"ours": ours, "rets": theirs, "query": query, "format": fmt}
         if len(runs) > 1:
-            res["repeats"] = [{"ours_seconds": round(o["seconds"], 3), "rets_seconds": round(t["seconds"], 3),
-                               "ratio": ratio(o["seconds"], t["seconds"])} for o, t in runs]
+            res["repeats"] = repeats
         res["wall_seconds"] = round(ours["seconds"], 3)
         res["records"] = ours["unique_keys"]
         res["records_per_second"] = round(ours["unique_keys"] / ours["seconds"], 1)

@@ -33,7 +33,7 @@ class UsageError(Exception):
 
 
 # -- opening a source -----------------------------------------------------------------------------
-def _explicit_provider(args: argparse.Namespace) -> tuple[Any, Any]:
+def _explicit_provider(args: argparse.Namespace) -> tuple[ProviderConfig, Any]:
     """A minimal RETS ProviderConfig + Connection for an MLS with no YAML yet."""
     from mls_sync.config import ProviderConfig
     from mls_sync.connections import Connection
@@ -50,8 +50,8 @@ def _explicit_provider(args: argparse.Namespace) -> tuple[Any, Any]:
         "connection_id": "cli_rets", "rets": rets,
         "source_fields": {"key": args.key_field, "modified": args.modified_field},
         "fields": {args.key_field: {"column": "listing_key"}},
-        **({"limits": {"request_attempts": args.attempts}} if args.attempts else {}),
     })
+    provider = _with_attempts(provider, args.attempts)
     extra = {k: v for k, v in (("user_agent", args.user_agent), ("ua_password", args.ua_password),
                                ("rets_version", args.rets_version)) if v}
     conn = Connection(conn_id="cli_rets", host=args.login_url, login=args.username,
@@ -59,22 +59,25 @@ def _explicit_provider(args: argparse.Namespace) -> tuple[Any, Any]:
     return provider, conn
 
 
-def provider_from_args(args: argparse.Namespace) -> ProviderConfig:
-    """The --provider YAML with the command line's overrides (--attempts), validated like the YAML."""
+def _with_attempts(provider: ProviderConfig, attempts: int | None) -> ProviderConfig:
+    """`--attempts` over the provider's limits, validated like the YAML's value."""
     from pydantic import ValidationError
 
-    from mls_sync.config import find_provider
-
-    provider = find_provider(args.provider)
-    if args.attempts is None:
+    if attempts is None:
         return provider
     try:
-        limits = type(provider.limits).model_validate({**provider.limits.model_dump(),
-                                                       "request_attempts": args.attempts})
+        limits = type(provider.limits).model_validate({**provider.limits.model_dump(), "request_attempts": attempts})
     except ValidationError as exc:
-        raise UsageError(f"--attempts {args.attempts}: {exc.errors()[0]['msg']} (attempts per request, "
+        raise UsageError(f"--attempts {attempts}: {exc.errors()[0]['msg']} (attempts per request, "
                          "retries + 1)") from None
     return provider.model_copy(update={"limits": limits})
+
+
+def provider_from_args(args: argparse.Namespace) -> ProviderConfig:
+    """The --provider YAML with the command line's overrides (--attempts)."""
+    from mls_sync.config import find_provider
+
+    return _with_attempts(find_provider(args.provider), args.attempts)
 
 
 def open_from_args(args: argparse.Namespace) -> Source:

@@ -40,7 +40,7 @@ KEYS_PER_QUERY = 200
 # transform_load's batches written at once, each on its own connection: PostgreSQL's upsert of a
 # batch (parsing its JSON, seven indexes, WAL) is one backend's work, the longest step of the load
 WRITERS = 2
-LOAD_BATCH = 1000  # landed records per transform_load transaction (one upsert statement)
+LOAD_BATCH = prop_store.BATCH  # landed records per transform_load transaction: one upsert statement
 
 
 @dataclass

@@ -80,3 +80,6 @@ def test_bench_peer_pairs_walk_the_same_pages(tmp_path) -> None:
     # five interleaved pairs at this size; the quoted ratio is the median pair's
     ratios = sorted(r["ratio"] for r in res["repeats"])
     assert len(ratios) == 5 and res["ratios"]["ours_vs_rets_time"] == ratios[2]
+    # listed in the order they ran, the quoted pair marked
+    [quoted] = [r for r in res["repeats"] if r.get("median")]
+    assert quoted["ratio"] == ratios[2] and quoted["ours_seconds"] == round(ours["seconds"], 3)

@@ -38,6 +38,10 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str], monkeypatch: py
     code, _, err = run(["search", "--login-url", "http://127.0.0.1:9/l", "--username", "u", "--password", "p",
                         "--since", "yesterday"], capsys)
     assert code == 2 and "ISO timestamp" in err
+    # --attempts is checked the same way with or without a YAML (0 was silently ignored here)
+    code, _, err = run(["check", "--login-url", "http://127.0.0.1:9/l", "--username", "u", "--password", "p",
+                        "--attempts", "0"], capsys)
+    assert code == 2 and err.startswith("mls-sync: --attempts 0: Input should be greater than or equal to 1")
 
 
 def test_dead_port_exits_4_without_traceback(capsys: pytest.CaptureFixture[str]) -> None:

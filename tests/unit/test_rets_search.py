@@ -57,9 +57,11 @@ class FakeServer:
         return PageResult([dict(r) for r in page], len(rows) if count else None, len(rows) > start + len(page))
 
 
-def walk(server: FakeServer, mode: str = "auto", state: dict | None = None, stop_after: int | None = None):
-    w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=server.cap, offset_mode=mode,
-                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
+def walk(server: FakeServer, mode: str = "auto", state: dict | None = None, stop_after: int | None = None,
+         *, fetch=None, page_size: int | None = None):
+    """Walk `server` (through `fetch` when given), asking pages of `page_size` (its cap by default)."""
+    w = SearchWalk(fetch or server.fetch, key_field="K", modified_field="M", page_size=page_size or server.cap,
+                   offset_mode=mode, now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
     keys, last = [], state
     for i, (records, after) in enumerate(w.walk([], None, None, state)):
         keys += [r["K"] for r in records]
@@ -132,16 +134,10 @@ class QuietCapServer(FakeServer):
         return PageResult(res.records, res.count, False)
 
 
-def _walk_keys(fetch, page_size: int) -> list[str]:
-    w = SearchWalk(fetch, key_field="K", modified_field="M", page_size=page_size, offset_mode="auto",
-                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
-    return [r["K"] for records, _ in w.walk([], None, None, None) for r in records]
-
-
 def test_a_server_capping_below_limit_without_maxrows_is_walked_to_its_count() -> None:
     records = make_records(1000, cluster=0)
     server = QuietCapServer(records, cap=300, offset_mode="honour")
-    keys = _walk_keys(server.fetch, page_size=1000)
+    keys, _ = walk(server, page_size=1000)
     assert sorted(keys) == sorted(r["K"] for r in records)
     assert server.counted == [True, False, False, True]
 
@@ -161,7 +157,7 @@ def test_rows_added_during_the_walk_are_fetched(server_class: type[FakeServer]) 
             server.records = sorted(server.records + added, key=lambda r: r["K"])
         return res
 
-    keys = _walk_keys(fetch, page_size=300)
+    keys, _ = walk(server, fetch=fetch)
     assert len(keys) == 1050 and set(keys) == {r["K"] for r in records + added}
 
 

@@ -463,10 +463,12 @@ def cancel_sync(provider_id: str, user: User) -> JSONResponse:
     closed = False
     if provider.config is not None:
         from mls_sync import sync
-        from mls_sync.connections import Connection
+
+        from mls_sync_airflow.hooks import MlsHook
 
         engine, _ = _db()
-        ctx = sync.SyncContext(provider=provider.config, db=engine, mls=Connection(provider.config.connection_id))
+        # closing the history row touches only the database: the MLS connection is never looked up
+        ctx = sync.SyncContext(provider=provider.config, db=engine, mls=MlsHook(provider.config.connection_id).get_conn)
         closed = sync.mark_cancelled_if_running(ctx, ref.dag_id, ref.run_id)
     return as_json({"ok": True, "message": f"Cancelled run {ref.run_id}", "run_id": ref.run_id,
                     "history_closed": closed})

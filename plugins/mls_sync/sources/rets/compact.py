@@ -46,6 +46,14 @@ _OTHER_AMP = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos);)")
 _UTF8_FAMILY = {"utf-8", "utf8", "us-ascii", "ascii", "ansi_x3.4-1968", ""}
 
 
+def _ascii_compatible(encoding: str) -> bool:
+    """ASCII bytes mean the same characters in `encoding` (Latin-1, cp1252 ...; not UTF-16)."""
+    try:
+        return "<&;".encode(encoding) == b"<&;"
+    except (LookupError, UnicodeError):
+        return False
+
+
 def _valid_xml_char(cp: int) -> bool:
     return cp in (0x9, 0xA, 0xD) or 0x20 <= cp <= 0xD7FF or 0xE000 <= cp <= 0xFFFD or 0x10000 <= cp <= 0x10FFFF
 
@@ -78,23 +86,20 @@ class XmlRepair:
             if declared:
                 encoding = declared.group(1).decode("ascii").lower()
             head = head[m.end():]
-        with contextlib.suppress(LookupError):  # an unknown charset is read as UTF-8
-            self._decoder = None if encoding in _UTF8_FAMILY else codecs.getincrementaldecoder(encoding)("replace")
-        if self._decoder is None:
+        if encoding not in _UTF8_FAMILY:
+            with contextlib.suppress(LookupError):  # an unknown charset is read as UTF-8
+                self._decoder = codecs.getincrementaldecoder(encoding)("replace")
+                self._utf8 = False
+                self._ascii_compatible = _ascii_compatible(encoding)
+        if self._utf8:
             self._decoder = codecs.getincrementaldecoder("utf-8")("rets-latin1")
-        else:
-            self._utf8 = False
-            try:
-                self._ascii_compatible = "<&;".encode(encoding) == b"<&;"
-            except (UnicodeError, LookupError):
-                self._ascii_compatible = False
         return head.lstrip(b"\xef\xbb\xbf")
 
     def _clean_as_is(self, data: bytes) -> bool:
         """Whether `data` can go to lxml untouched: the common case, checked in C. It must be whole
         characters that are valid UTF-8 (ASCII, or UTF-8 that decodes strictly in one piece) with
         nothing held back from the previous chunk, and hold nothing that needs repair."""
-        if self._pending or self._decoder is None or self._decoder.getstate()[0]:
+        if self._pending or self._decoder.getstate()[0]:
             return False
         if data.isascii():
             if not self._ascii_compatible:
