@@ -20,7 +20,8 @@ def test_upsert_round_trips_awkward_values(db) -> None:
     row = {"listing_key": "K1", "mls_listing_id": "M1", "public_remarks": AWKWARD, "status": "Active",
            "price": Decimal("123456.78"), "listed_date": date(2024, 2, 29), "bedrooms": 3,
            "mls_modified_at": datetime(2024, 3, 1, 12, 0, 0, 123000, tzinfo=UTC),
-           "interior_features": [AWKWARD, "Fireplace", ""], "appliances": None, "latitude": Decimal("-12.5")}
+           "interior_features": [AWKWARD, "Fireplace", ""], "appliances": None, "parking_features": [],
+           "latitude": Decimal("-12.5")}
     t = tables(db)
     with db.begin() as c:
         res = prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1)
@@ -29,7 +30,8 @@ def test_upsert_round_trips_awkward_values(db) -> None:
         got = c.execute(sa.text("SELECT * FROM properties WHERE listing_key = 'K1'")).mappings().one()
     assert got["public_remarks"] == AWKWARD
     assert got["interior_features"] == [AWKWARD, "Fireplace", ""]
-    assert got["appliances"] is None and got["price"] == Decimal("123456.78")
+    assert got["appliances"] is None and got["parking_features"] == [] and got["price"] == Decimal("123456.78")
+    assert got["bedrooms"] == 3 and got["latitude"] == Decimal("-12.5") and got["is_active"] is True
     assert got["listed_date"] == date(2024, 2, 29) and got["mls_modified_at"] == row["mls_modified_at"]
     with db.begin() as c:  # same hash: nothing written
         assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 2).unchanged == 1

@@ -1,9 +1,10 @@
 """Bulk writes as one JSON document per batch.
 
-A batch of rows is encoded by msgspec (in C) into one JSON array and sent as a single parameter;
-PostgreSQL turns it back into typed rows with `json_to_recordset` (also in C), and one
-`INSERT .. SELECT .. ON CONFLICT` writes them. Binding 1,000 rows x 35 columns as parameters
-spent most of a load in the driver, and COPY's text format needed a Python call per value.
+A batch of rows is encoded by msgspec (in C) into one JSON array of arrays, values in column order,
+and sent as a single parameter; PostgreSQL parses it once into jsonb and reads each value by
+position into its column's type, and one `INSERT .. SELECT .. ON CONFLICT` writes them. Binding
+1,000 rows x 35 columns as parameters spent most of a load in the driver, and COPY's text format
+needed a Python call per value.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSON
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
 
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
 # PostgreSQL's text types cannot hold NUL, so json -> text rejects "\u0000". Drop the escape unless
@@ -30,21 +31,38 @@ def encode_json(value: Any) -> str:
     return data.decode()
 
 
-def json_rows(like: sa.Table, columns: Sequence[str], name: str = "src") -> sa.TableValuedAlias:
+def json_rows(like: sa.Table, columns: Sequence[str], name: str = "src") -> sa.Subquery:
     """A batch of rows (bound at execution with `rows_param`) as a FROM clause typed like `like`'s
     columns, to select from in an INSERT. The statement does not depend on the rows, so callers
     build it once per column list and reuse it for every batch.
 
-    `json_to_recordset` with a column definition list converts only the columns sent; measured
-    here it is about a third faster than `json_populate_recordset` over the whole row type.
+    Rows travel as arrays, not objects: objects repeat every column name in every row, nearly half
+    the document, and PostgreSQL's JSON parser is most of what the conversion costs. Measured on
+    1,000 mapped listings: 14 ms against 18 ms for `json_to_recordset` over objects (which parses
+    its input twice, once as the `json` value and again to split it).
     """
-    doc = sa.cast(sa.bindparam(f"{name}_rows", type_=sa.Text), JSON)
-    return sa.func.json_to_recordset(doc).table_valued(
-        *[sa.column(c, like.c[c].type) for c in columns]).render_derived(name=name, with_types=True)
+    doc = sa.cast(sa.bindparam(f"{name}_rows", type_=sa.Text), JSONB)
+    elems = sa.func.jsonb_array_elements(doc).table_valued(sa.column("r", JSONB)).render_derived(name=f"{name}_r")
+    row = elems.c.r
+    values = []
+    for i, c in enumerate(columns):
+        typ = like.c[c].type
+        at = sa.literal_column(str(i), sa.Integer)  # positions are part of the statement, not parameters
+        if isinstance(typ, ARRAY):  # a JSON array -> text[], in its order; null -> NULL
+            item = row.op("->", return_type=JSONB)(at)
+            items = sa.func.jsonb_array_elements_text(item).table_valued(
+                "value", with_ordinality="n").render_derived()
+            agg = sa.select(sa.func.array_agg(aggregate_order_by(items.c.value, items.c.n))).scalar_subquery()
+            values.append(sa.case((sa.func.jsonb_typeof(item) == sa.literal_column("'array'"),
+                                   sa.func.coalesce(agg, sa.literal_column("'{}'", typ)))).label(c))
+        else:
+            values.append(sa.cast(row.op("->>", return_type=sa.Text)(at), typ).label(c))
+    return sa.select(*values).select_from(elems).subquery(name)
 
 
-def rows_param(rows: Sequence[dict[str, Any]], name: str = "src") -> dict[str, str]:
-    """The execution parameter carrying `rows` for a `json_rows(..., name)` clause."""
+def rows_param(rows: Sequence[Sequence[Any]], name: str = "src") -> dict[str, str]:
+    """The execution parameter carrying `rows` (each a sequence of values in the column order given
+    to `json_rows`) for a `json_rows(..., name)` clause."""
     return {f"{name}_rows": encode_json(rows)}
 
 

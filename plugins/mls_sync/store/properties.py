@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -117,21 +118,19 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
             p.c.provider_id == provider_id, bulk.any_of(p.c.listing_key, keys),
             p.c.local_edits != sa.text("'{}'::jsonb"))
     ).all())
-    plain: list[dict[str, Any]] = []
-    with_edits: list[dict[str, Any]] = []
+    plain: list[tuple[Any, ...]] = []
+    with_edits: list[tuple[Any, ...]] = []
     for row, h in rows:
-        values = dict(_NULL_ROW, **row)  # every mappable column; NULL where the mapping has none
-        values.update(provider_id=provider_id, row_hash=h, is_active=row.get("status") in ACTIVE_STATUSES,
-                      first_sync_id=sync_id, last_sync_id=sync_id)
+        extra = (provider_id, h, row.get("status") in ACTIVE_STATUSES, sync_id, sync_id)
         if row["listing_key"] in edited:
+            values = _NULL_ROW | row
             new_edits, conflict = _resolve_edits(values, edited[row["listing_key"]], policy)
-            values["local_edits"] = new_edits
             if conflict:
                 record_conflict(conn, t, provider_id, conflict, policy, sync_id)
                 res.conflicts += 1
-            with_edits.append(values)
+            with_edits.append((*_mapped_values(values), *extra, new_edits))
         else:
-            plain.append(values)
+            plain.append((*_mapped_values(_NULL_ROW | row), *extra))
     for batch, touch_edits in ((plain, False), (with_edits, True)):
         for i in range(0, len(batch), BATCH):
             chunk = batch[i:i + BATCH]
@@ -142,9 +141,14 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
     return res
 
 
-def _upsert(conn: Connection, p: sa.Table, chunk: list[dict[str, Any]], touch_edits: bool) -> list[tuple[str, bool]]:
+# the upsert's columns, in the order `upsert_rows` sends each row's values
+_mapped_values = operator.itemgetter(*MAPPABLE_COLUMNS)
+_UPSERT_COLUMNS = (*MAPPABLE_COLUMNS, "provider_id", "row_hash", "is_active", "first_sync_id", "last_sync_id")
+
+
+def _upsert(conn: Connection, p: sa.Table, chunk: list[tuple[Any, ...]], touch_edits: bool) -> list[tuple[str, bool]]:
     """One INSERT .. SELECT .. ON CONFLICT for the whole chunk, sent as one JSON document."""
-    stmt = _upsert_statement(p, tuple(chunk[0]), touch_edits)
+    stmt = _upsert_statement(p, _UPSERT_COLUMNS + ("local_edits",) * touch_edits, touch_edits)
     return [(key, bool(inserted)) for key, inserted in conn.execute(stmt, bulk.rows_param(chunk))]
 
 
