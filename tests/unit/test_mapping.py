@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from mls_sync.config import find_provider
-from mls_sync.mapping import Mapper, n_html, parse_time_zone, row_hash
+from mls_sync.mapping import Mapper, n_html, n_timestamp, parse_time_zone, row_hash
 
 MAPPINGS = Path(__file__).resolve().parents[2] / "include" / "mappings"
 
@@ -155,6 +155,30 @@ def test_typed_values_are_remembered_by_type_and_value() -> None:
 def test_time_zones(value: str, expected: int) -> None:
     tz = parse_time_zone(value)
     assert tz.utcoffset(None).total_seconds() / 60 == expected
+
+
+@pytest.mark.parametrize(("zone", "raw", "expected"), [
+    ("-05:00", "2024-03-01T10:30:00.25", datetime(2024, 3, 1, 15, 30, 0, 250000, tzinfo=UTC)),
+    ("+0530", "2024-03-01 00:10:00", datetime(2024, 2, 29, 18, 40, tzinfo=UTC)),
+    ("America/Chicago", "2024-07-15T12:00:00", datetime(2024, 7, 15, 17, tzinfo=UTC)),  # daylight time
+    ("America/Chicago", "2024-01-15T12:00:00", datetime(2024, 1, 15, 18, tzinfo=UTC)),
+    ("-05:00", "2024-03-01T10:30:00Z", datetime(2024, 3, 1, 10, 30, tzinfo=UTC)),  # a zone of its own wins
+    ("-05:00", "2024-03-01T10:30:00+01:00", datetime(2024, 3, 1, 9, 30, tzinfo=UTC)),
+])
+def test_timestamps_end_in_utc(zone: str, raw: str, expected: datetime) -> None:
+    mapper = Mapper(find_provider("demo_rets", MAPPINGS), time_zone=parse_time_zone(zone))
+    got = n_timestamp(raw, None, mapper)
+    assert got == expected and got.tzinfo is UTC
+
+
+def test_timestamp_out_of_range_in_utc_is_a_warning_not_a_crash() -> None:
+    mapper = Mapper(find_provider("demo_rets", MAPPINGS), time_zone=parse_time_zone("+05:00"))
+    rec = {"LIST_1": "K1", "LIST_105": "MLS1", "LIST_15": "Active", "LIST_87": "2024-03-01T10:30:00",
+           "LIST_88": "0001-01-01T00:00:00"}
+    m = mapper.map(rec)
+    assert m.row is not None and m.row["status_changed_at"] is None
+    assert m.warnings == ["field LIST_88 (status_changed_at): '0001-01-01T00:00:00' is out of range once "
+                          "converted to UTC; stored as NULL"]
 
 
 def test_iana_zone_and_bad_zone() -> None:
