@@ -332,7 +332,7 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
             res = prop_store.upsert_rows(c, t, p.provider_id, p.conflicts.policy, good, sid)
             gone = prop_store.remove_listings(c, t, p.provider_id, removals, "removed by the MLS",
                                               p.conflicts.policy, sid)
-            counts = {"added": len(res.added), "updated": len(res.updated), "unchanged": res.unchanged,
+            counts = {"added": res.added, "updated": res.updated, "unchanged": res.unchanged,
                       "conflicted": res.conflicts + gone["conflicted"], "deleted": gone["deleted"],
                       "failed": len(rejected)}
             for key, reason, rec in rejected:

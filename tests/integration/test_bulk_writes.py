@@ -25,7 +25,7 @@ def test_upsert_round_trips_awkward_values(db) -> None:
     t = tables(db)
     with db.begin() as c:
         res = prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1)
-    assert res.added == ["K1"]
+    assert (res.added, res.updated, res.unchanged) == (1, 0, 0)
     with db.connect() as c:
         got = c.execute(sa.text("SELECT * FROM properties WHERE listing_key = 'K1'")).mappings().one()
     assert got["public_remarks"] == AWKWARD
@@ -35,6 +35,10 @@ def test_upsert_round_trips_awkward_values(db) -> None:
     assert got["listed_date"] == date(2024, 2, 29) and got["mls_modified_at"] == row["mls_modified_at"]
     with db.begin() as c:  # same hash: nothing written
         assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 2).unchanged == 1
+    with db.begin() as c:  # a new hash: rewritten, counted as updated
+        res = prop_store.upsert_rows(c, t, "p", "mls_wins",
+                                     [(dict(row, bedrooms=4), "h2"), (dict(row, listing_key="K2"), "h1")], 3)
+    assert (res.added, res.updated, res.unchanged) == (1, 1, 0)
 
 
 def test_raw_landing_keeps_payload_and_last_duplicate(db) -> None:
@@ -57,7 +61,7 @@ def test_nul_characters_are_dropped_not_fatal(db) -> None:
            "interior_features": ["x\x00y"]}
     t = tables(db)
     with db.begin() as c:
-        assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1).added == ["K1"]
+        assert prop_store.upsert_rows(c, t, "p", "mls_wins", [(row, "h1")], 1).added == 1
         raw_store.land(c, t, "p", 1, [("K1", {"Remarks": "a\x00b", "Other": literal})])
         raw_store.land(c, t, "p", 1, [("K\x002", {"Key": "K\x002"})])  # a key with a NUL lands without it
     with db.connect() as c:
