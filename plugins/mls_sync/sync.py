@@ -32,6 +32,7 @@ from mls_sync.store import errors as err_store
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
 from mls_sync.store import runs
+from mls_sync.store.db import commit_without_flush
 from mls_sync.store.metadata_cache import DbMetadataCache
 from mls_sync.store.tables import Tables, tables
 
@@ -160,6 +161,7 @@ def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, A
         k = _key_of(key_field, rec)
         (keyed.append((k, rec)) if k else keyless.append(rec))
     with ctx.db.begin() as c:
+        commit_without_flush(c)
         raw_store.land(c, t, p.provider_id, sid, keyed)
         if keyless:  # one error row per page (numbered across the run), the first record as sample
             err_store.record_error(c, t, provider_id=p.provider_id, stage="fetch", category="data",
@@ -329,6 +331,7 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
                       "unchanged": len(preview["unchanged"]), "conflicted": len(preview["conflict"]) +
                       gone["conflicted"], "deleted": gone["deleted"], "failed": len(rejected)}
         else:
+            commit_without_flush(c)
             res = prop_store.upsert_rows(c, t, p.provider_id, p.conflicts.policy, good, sid)
             gone = prop_store.remove_listings(c, t, p.provider_id, removals, "removed by the MLS",
                                               p.conflicts.policy, sid)

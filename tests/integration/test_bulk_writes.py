@@ -69,3 +69,15 @@ def test_nul_characters_are_dropped_not_fatal(db) -> None:
         payloads = dict(c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records")).all())
     assert got.public_remarks == "ab " + literal and got.interior_features == ["xy"]
     assert payloads == {"K1": {"Remarks": "ab", "Other": literal}, "K2": {"Key": "K2"}}
+
+
+def test_commit_without_flush_stays_inside_its_transaction(db) -> None:
+    """Batches commit without waiting for their WAL; the connection goes back to the pool with
+    the server's setting, so other work on it (a stage's closing commit) waits as usual."""
+    from mls_sync.store.db import commit_without_flush
+
+    with db.connect() as c:
+        with c.begin():
+            commit_without_flush(c)
+            assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
+        assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

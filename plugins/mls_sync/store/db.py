@@ -80,6 +80,18 @@ def get_engine(url: str | None = None, *, check: bool = True) -> Engine:
     return engine
 
 
+def commit_without_flush(conn: sa.Connection) -> None:
+    """Let this transaction's commit return before its WAL reaches disk.
+
+    For a stage's per-page and per-batch transactions, each of which carries its own checkpoint:
+    a PostgreSQL crash can lose only the last few of them, data and checkpoint together, and the
+    retried task redoes them from the checkpoint before. Nothing is lost once a stage ends: the
+    stage's closing commit (`_stage`) is an ordinary one, and it waits for every earlier commit's
+    WAL too. Saves one fsync per batch (a few ms each here; more on network storage).
+    """
+    conn.exec_driver_sql("SET LOCAL synchronous_commit TO off")
+
+
 def migration_files(sql_dir: Path = SQL_DIR) -> list[Path]:
     return sorted(p for p in sql_dir.glob("*.sql") if p.name[:3].isdigit())
 
