@@ -43,13 +43,15 @@ def test_upsert_round_trips_awkward_values(db) -> None:
 
 def test_raw_landing_keeps_payload_and_last_duplicate(db) -> None:
     t = tables(db)
-    recs = [("K1", {"A": AWKWARD, "n": 1}), ("K2", {"A": None}), ("K1", {"A": "second", "__deleted__": True})]
+    recs = [("K1", {"A": AWKWARD, "n": 1}), ("K2", {"A": None}), ("K1", {"A": "second", "__deleted__": True}),
+            ("K3", {"A": "record\x1eseparator\x1finside", "B": ["x\x1ey"]})]
     with db.begin() as c:
         raw_store.land(c, t, "p", 7, recs)
     with db.connect() as c:
         rows = dict(c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records")).all())
         deleted = c.execute(sa.text("SELECT deleted FROM mls_raw_records WHERE listing_key = 'K1'")).scalar()
-    assert rows["K2"] == {"A": None}
+    assert rows["K2"] == {"A": None} and len(rows) == 3
+    assert rows["K3"] == {"A": "record\x1eseparator\x1finside", "B": ["x\x1ey"]}
     assert rows["K1"]["A"] == "second" and deleted is True
 
 

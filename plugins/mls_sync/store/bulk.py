@@ -25,10 +25,20 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 def encode_json(value: Any) -> str:
     """JSON text for PostgreSQL's json/jsonb input: Decimal as text, datetimes in ISO 8601, no NULs."""
-    data = _ENCODER.encode(value)
+    return _without_nul(_ENCODER.encode(value)).decode()
+
+
+def encode_json_texts(values: Iterable[Any], separator: str) -> str:
+    """Each value's `encode_json` text, joined by `separator` (a control character, which JSON
+    text never holds raw) into one string."""
+    encode = _ENCODER.encode
+    return _without_nul(separator.encode().join([encode(v) for v in values])).decode()
+
+
+def _without_nul(data: bytes) -> bytes:
     if b"\\u0000" in data:
         data = _NUL_ESCAPE.sub(rb"\1", data)
-    return data.decode()
+    return data
 
 
 def json_rows(like: sa.Table, columns: Sequence[str], name: str = "src") -> sa.Subquery:
