@@ -205,7 +205,7 @@ NORMALIZERS: dict[str, Callable[[Any, FieldTarget, Mapper], Any]] = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class Mapped:
     """The result of mapping one record: a row, or the reason it was rejected."""
 
@@ -216,11 +216,18 @@ class Mapped:
 
 
 _HASH_ENCODER = msgspec.json.Encoder(decimal_format="string", order="sorted")
+_HASH_ENCODER_AS_IS = msgspec.json.Encoder(decimal_format="string")
 
 
 def row_hash(row: dict[str, Any]) -> str:
     """Stable content hash of the MLS-side values; equal hash means nothing to write."""
     return hashlib.md5(_HASH_ENCODER.encode(row), usedforsecurity=False).hexdigest()
+
+
+def _sorted_row_hash(row: dict[str, Any]) -> str:
+    """`row_hash` of a row whose keys are already in sorted order (the mapper builds them so):
+    the encoder need not sort them again."""
+    return hashlib.md5(_HASH_ENCODER_AS_IS.encode(row), usedforsecurity=False).hexdigest()
 
 
 _MISS = object()
@@ -279,17 +286,35 @@ class Mapper:
         # per record; a memo (see _Memo) for types whose values repeat across listings
         self._steps = [(name, t.column, None if t.type == "string" else NORMALIZERS[t.type], t, t.required,
                         _Memo() if t.type in _MEMO_TYPES else None) for name, t in provider.field_items()]
+        # Plain string fields, most of a feed's fields, take a short loop of their own (a text
+        # value only needs stripping, and n_string never fails); the typed ones the general loop.
+        self._plain = [(name, column) for name, column, fn, _, _, _ in self._steps if fn is None]
+        self._required_plain = [(name, column) for name, column, fn, _, required, _ in self._steps
+                                if fn is None and required]
+        self._typed = [step for step in self._steps if step[2] is not None]
+        # Rows start as a copy of this template, every column of the plan in sorted order, so
+        # the row hash (of sorted keys) is taken without sorting; `status` is derived from
+        # `mls_status` through the YAML's status_map when no field maps it.
+        columns = {column for _, column, *_ in self._steps}
+        self._derive_status = "status" not in columns and "mls_status" in columns
+        self._template = dict.fromkeys(sorted(columns | ({"status"} if self._derive_status else set())))
 
     def map(self, record: dict[str, Any]) -> Mapped:
-        row: dict[str, Any] = {}
+        """One record's row, or why it was rejected. A record missing several required fields is
+        rejected for a missing plain-text one before one whose value cannot be read."""
+        row = self._template.copy()
         warnings: list[str] = []
         get = record.get
-        for name, column, fn, target, required, memo in self._steps:
+        for name, column in self._plain:
+            raw = get(name)
+            row[column] = (raw.strip() or None) if raw.__class__ is str else _text(raw)
+        for name, column in self._required_plain:
+            if row[column] is None:
+                return Mapped(None, rejected=f"required field {name} ({column}) is missing or empty")
+        for name, column, fn, target, required, memo in self._typed:
             raw = get(name)
             if raw is None or raw == "":  # every normalizer maps these to NULL
                 value = None
-            elif fn is None and type(raw) is str:
-                value = raw.strip() or None
             elif memo is not None and (key := raw if type(raw) is str else _memo_key(raw)) is not None \
                     and (value := memo.values.get(key, _MISS)) is not _MISS:
                 memo.hits += 1
@@ -297,7 +322,7 @@ class Mapper:
                     value = list(value)
             else:
                 try:
-                    value = (fn or n_string)(raw, target, self)
+                    value = fn(raw, target, self)
                 except ValueProblem as exc:
                     if required:
                         return Mapped(None, rejected=f"required field {name} ({column}): {exc}")
@@ -311,14 +336,15 @@ class Mapper:
             if value is None and required:
                 return Mapped(None, rejected=f"required field {name} ({column}) is missing or empty")
             row[column] = value
-        if "status" not in row and "mls_status" in row:
+        if self._derive_status:
             row["status"] = self.status_map.get(row["mls_status"] or "")
-        return Mapped(row, row_hash(row), warnings=warnings)
+        return Mapped(row, _sorted_row_hash(row), warnings=warnings)
 
     def _drop_memo(self, memo: _Memo) -> None:
         """A memo that did not pay is taken out of the plan: its field is then mapped as if it
         had none, without building a key and missing a lookup for every record."""
         self._steps = [(*step[:5], None) if step[5] is memo else step for step in self._steps]
+        self._typed = [step for step in self._steps if step[2] is not None]
 
     def map_columns(self, record: dict[str, Any], columns: set[str]) -> dict[str, Any]:
         """Best-effort values for a few columns (the status poll's narrow records); bad values -> None."""

@@ -94,6 +94,20 @@ def test_row_hash_changes_only_with_content(rets_mapper: Mapper) -> None:
     assert row_hash({"a": 1, "b": 2}) == row_hash({"b": 2, "a": 1})
 
 
+@pytest.mark.parametrize("provider", ["demo_rets", "demo_reso"])
+def test_mapped_hash_is_the_row_hash_stored_rows_carry(provider: str) -> None:
+    """The mapper hashes rows it builds in sorted column order without sorting again: the hash
+    must stay `row_hash` of the row, or every stored listing would look changed."""
+    mapper = Mapper(find_provider(provider, MAPPINGS), time_zone=parse_time_zone("-05:00"))
+    rets = {"LIST_1": "K1", "LIST_105": "MLS1", "LIST_15": "Active", "LIST_87": "2024-03-01T10:30:00",
+            "LIST_22": "$1,250,000", "LIST_66": "3", "GF20": "Fireplace,Granite", "REMARKS": "<p>Nice</p>"}
+    reso = {"ListingKey": "K1", "ListingId": "MLS1", "StandardStatus": "Active", "ListPrice": 1250000,
+            "ModificationTimestamp": "2024-03-01T10:30:00Z", "Appliances": ["Range"], "BedroomsTotal": 3}
+    m = mapper.map(rets if provider == "demo_rets" else reso)
+    assert m.row is not None and m.row_hash == row_hash(m.row) and list(m.row) == sorted(m.row)
+    assert m.row["status"] == "Active" and m.row["listing_key"] == "K1"
+
+
 def test_repeated_values_map_the_same_every_time(rets_mapper: Mapper) -> None:
     """Repeating fields are normalized once per distinct value; rows must not notice."""
     first = [rets_mapper.map(_record(LIST_1=f"K{i}", LIST_66=str(i % 3))) for i in range(6)]
