@@ -83,3 +83,21 @@ def test_commit_without_flush_stays_inside_its_transaction(db) -> None:
             commit_without_flush(c)
             assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "off"
         assert c.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+@pytest.mark.parametrize("after_key", [None, "K0500"])
+def test_a_runs_raw_records_are_read_in_key_order_without_sorting_them(db, after_key) -> None:
+    """transform_load reads a run's payloads in key order; sorting them instead of reading an
+    index in order spilled to disk at 10,000 listings (and grew with the run)."""
+    t = tables(db)
+    with db.begin() as c:
+        raw_store.land(c, t, "p", 7, [(f"K{i:04d}", {"i": i}) for i in range(1000, 0, -1)])
+        raw_store.land(c, t, "p", 8, [("K0001", {"i": "newer"})])  # another run's copy of a key
+    with db.connect() as c:
+        q = raw_store.run_query(t, "p", 7, after_key)
+        plan = "\n".join(c.execute(sa.text("EXPLAIN " + str(q.compile(db, compile_kwargs={"literal_binds": True}))
+                                            )).scalars())
+    assert "Sort" not in plan and "idx_mls_raw_records_sync_key" in plan, plan
+    keys = [k for batch in raw_store.iter_run(db, t, "p", 7, after_key=after_key, batch=300) for k, _, _ in batch]
+    first = 2 if after_key is None else 501
+    assert keys == [f"K{i:04d}" for i in range(first, 1001)]  # K0001 is run 8's now

@@ -78,14 +78,20 @@ def _land_statement(r: sa.Table) -> sa.Insert:
 def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_key: str | None = None,
              batch: int = 1000) -> Iterator[list[tuple[str, dict[str, Any], bool]]]:
     """This run's landed records in key order, `batch` at a time, from a server-side cursor."""
+    q = run_query(t, provider_id, sync_id, after_key)
+    with engine.connect() as conn:
+        result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
+        for part in result.partitions(batch):
+            yield [(k, _decode(p), d) for k, p, d in part]
+
+
+def run_query(t: Tables, provider_id: str, sync_id: int, after_key: str | None = None) -> sa.Select[Any]:
+    """A run's records after `after_key`, in key order: a range scan of the run index
+    (provider_id, sync_id, listing_key), never a sort of the payloads (005_raw_sync_key_index.sql)."""
     r = t.mls_raw_records
     # the payload as text, decoded here by msgspec: about twice as fast as the driver's json.loads
     q = sa.select(r.c.listing_key, sa.cast(r.c.payload, sa.Text), r.c.deleted).where(
         r.c.provider_id == provider_id, r.c.sync_id == sync_id)
     if after_key is not None:
         q = q.where(r.c.listing_key > after_key)
-    q = q.order_by(r.c.listing_key)
-    with engine.connect() as conn:
-        result = conn.execution_options(stream_results=True, yield_per=batch).execute(q)
-        for part in result.partitions(batch):
-            yield [(k, _decode(p), d) for k, p, d in part]
+    return q.order_by(r.c.listing_key)
