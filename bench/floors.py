@@ -63,15 +63,17 @@ def copy_rows(db_url: str, provider_id: str) -> dict[str, Any]:
     try:
         cur = raw.cursor()
         buf = io.BytesIO()
-        cur.copy_expert(cur.mogrify("COPY (SELECT * FROM properties WHERE provider_id = %s) TO STDOUT",
-                                    (provider_id,)).decode(), buf)
+        with cur.copy("COPY (SELECT * FROM properties WHERE provider_id = %s) TO STDOUT", (provider_id,)) as out:
+            for data in out:
+                buf.write(data)
         rows = buf.getvalue().count(b"\n")
         cur.execute("DROP TABLE IF EXISTS bench_floor_copy")
         cur.execute("CREATE UNLOGGED TABLE bench_floor_copy (LIKE properties INCLUDING DEFAULTS)")
         raw.commit()
-        buf.seek(0)
+        data = buf.getvalue()
         started = time.monotonic()
-        cur.copy_expert("COPY bench_floor_copy FROM STDIN", buf)
+        with cur.copy("COPY bench_floor_copy FROM STDIN") as into:
+            into.write(data)
         raw.commit()
         seconds = time.monotonic() - started
         cur.execute("DROP TABLE bench_floor_copy")

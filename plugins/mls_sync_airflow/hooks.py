@@ -20,7 +20,7 @@ from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from mls_sync.connections import Connection
 from mls_sync.objectstore import ObjectStore, storage_settings, store_from_settings
-from mls_sync.store.db import get_engine
+from mls_sync.store.db import DRIVER, get_engine
 from sqlalchemy.engine import Engine
 
 PROPERTIES_DB_CONN_ID = "mls_properties_db"
@@ -61,9 +61,9 @@ def properties_db_url(conn: Any) -> str:
     db = conn.schema or "postgres"
     host = conn.host or ""
     if host.startswith("/"):
-        return f"postgresql+psycopg2://{user}{pw}@/{db}?host={quote(host, safe='/')}"
+        return f"{DRIVER}://{user}{pw}@/{db}?host={quote(host, safe='/')}"
     port = f":{conn.port}" if conn.port else ""
-    return f"postgresql+psycopg2://{user}{pw}@{host}{port}/{db}"
+    return f"{DRIVER}://{user}{pw}@{host}{port}/{db}"
 
 
 class PropertiesStoreHook(BaseHook):
