@@ -76,6 +76,10 @@ def rows_param(rows: Sequence[Sequence[Any]], name: str = "src") -> dict[str, st
     return {f"{name}_rows": encode_json(rows)}
 
 
-def any_of(column: sa.ColumnElement[Any], values: Iterable[Any]) -> sa.ColumnElement[bool]:
-    """`column = ANY(:array)`: one parameter for a batch of keys, where `IN` would bind 1,000."""
-    return column == sa.any_(sa.bindparam(None, list(values), type_=ARRAY(column.type)))
+def any_of(column: sa.ColumnElement[Any], values: Iterable[str]) -> sa.ColumnElement[bool]:
+    """`column = ANY(...)` for a batch of text keys, sent as one JSON array: one parameter where
+    `IN` would bind 1,000, and one string for the driver (psycopg quotes a list's items into an
+    array literal one by one, a regex match per key: 20 ms of a 10k load's CPU)."""
+    doc = sa.cast(sa.bindparam(None, encode_json(list(values)), type_=sa.Text), JSONB)
+    keys = sa.select(sa.func.jsonb_array_elements_text(doc)).scalar_subquery()
+    return column == sa.any_(sa.func.array(keys))
