@@ -24,6 +24,18 @@ def _cpu(proc: psutil.Process) -> float:
     return t.user + t.system
 
 
+def _server_cpu(postmaster: psutil.Process) -> float:
+    """CPU seconds of a PostgreSQL server: the postmaster, its live processes, and every process
+    of it that has exited, however briefly it lived (the postmaster reaps its backends, so their
+    time is in its children's times)."""
+    t = postmaster.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for proc in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            total += _cpu(proc)
+    return total
+
+
 def _postmasters() -> list[psutil.Process]:
     """The PostgreSQL servers' main processes (a `postgres` whose parent is not one)."""
     out = []
@@ -77,13 +89,10 @@ class _Sampler:
                 self.peaks[proc.pid] = (name, rss)
 
     def sample_postgres(self) -> None:
-        """The server and its backends (they come and go with connections, so this runs every
-        few samples; a backend that lives less than that between two runs is missed)."""
+        """The server with its backends, live and exited, as one figure per server."""
         for pm in self.postmasters:
             with contextlib.suppress(psutil.Error):
-                for proc in (pm, *pm.children()):
-                    with contextlib.suppress(psutil.Error):
-                        self.cpu_seen[proc.pid] = ("postgres", _cpu(proc))
+                self.cpu_seen[pm.pid] = ("postgres", _server_cpu(pm))
 
     def reset(self) -> None:
         self.peaks = {}
