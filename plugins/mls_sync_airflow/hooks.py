@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
@@ -51,8 +51,21 @@ class MlsHook(BaseHook):
                           schema=c.schema, login=c.login, password=c.password, extra=dict(c.extra_dejson or {}))
 
 
+# libpq connection parameters a postgres connection may carry in its extras (the URI's query, as
+# in docs/DEPLOY.md's `?sslmode=require`); the rest of its extras are Airflow's own settings
+LIBPQ_OPTIONS = frozenset({
+    "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslcrldir", "sslpassword", "sslsni",
+    "sslcompression", "ssl_min_protocol_version", "ssl_max_protocol_version", "requiressl",
+    "channel_binding", "gssencmode", "krbsrvname", "connect_timeout", "options", "application_name",
+    "target_session_attrs", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
+    "tcp_user_timeout", "passfile", "service",
+})
+
+
 def properties_db_url(conn: Any) -> str:
-    """SQLAlchemy URL from a postgres connection, including a unix-socket host (pgserver).
+    """SQLAlchemy URL from a postgres connection, including a unix-socket host (pgserver) and the
+    libpq options in its extras (TLS above all: dropping `sslmode=require` would let the store's
+    connection fall back to plain text without a word).
 
     The postgres provider builds a broken URL for a socket directory host, so we build it here.
     """
@@ -60,10 +73,15 @@ def properties_db_url(conn: Any) -> str:
     pw = f":{quote(conn.password, safe='')}" if conn.password else ""
     db = conn.schema or "postgres"
     host = conn.host or ""
+    extra = getattr(conn, "extra_dejson", None) or {}
+    query = {k: str(v) for k, v in extra.items() if k in LIBPQ_OPTIONS and v not in (None, "")}
     if host.startswith("/"):
-        return f"{DRIVER}://{user}{pw}@/{db}?host={quote(host, safe='/')}"
-    port = f":{conn.port}" if conn.port else ""
-    return f"{DRIVER}://{user}{pw}@{host}{port}/{db}"
+        query = {"host": host, **query}
+        location = ""
+    else:
+        location = host + (f":{conn.port}" if conn.port else "")
+    params = f"?{urlencode(query, safe='/')}" if query else ""
+    return f"{DRIVER}://{user}{pw}@{location}/{db}{params}"
 
 
 class PropertiesStoreHook(BaseHook):
