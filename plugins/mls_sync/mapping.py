@@ -282,12 +282,13 @@ class Mapper:
         self.utc_shift: timedelta | None = (self.time_zone.utcoffset(None) if self.time_zone is not None
                                             else timedelta(0))
         self.status_map = dict(provider.status_map)
-        # (field, column, normalizer or None for plain strings, target, required, memo): map() runs
-        # per record; a memo (see _Memo) for types whose values repeat across listings
+        # The plan, in YAML order: (field, column, normalizer or None for plain strings, target,
+        # required, memo), a memo (see _Memo) for types whose values repeat across listings.
         self._steps = [(name, t.column, None if t.type == "string" else NORMALIZERS[t.type], t, t.required,
                         _Memo() if t.type in _MEMO_TYPES else None) for name, t in provider.field_items()]
-        # Plain string fields, most of a feed's fields, take a short loop of their own (a text
-        # value only needs stripping, and n_string never fails); the typed ones the general loop.
+        # What map() walks: plain string fields, most of a feed's, in a short loop of their own (a
+        # text value only needs stripping, and n_string never fails); the typed ones in the general
+        # loop, which drops a memo that does not pay (`_drop_memo`).
         self._plain = [(name, column) for name, column, fn, _, _, _ in self._steps if fn is None]
         self._required_plain = [(name, column) for name, column, fn, _, required, _ in self._steps
                                 if fn is None and required]
@@ -343,8 +344,7 @@ class Mapper:
     def _drop_memo(self, memo: _Memo) -> None:
         """A memo that did not pay is taken out of the plan: its field is then mapped as if it
         had none, without building a key and missing a lookup for every record."""
-        self._steps = [(*step[:5], None) if step[5] is memo else step for step in self._steps]
-        self._typed = [step for step in self._steps if step[2] is not None]
+        self._typed = [(*step[:5], None) if step[5] is memo else step for step in self._typed]
 
     def map_columns(self, record: dict[str, Any], columns: set[str]) -> dict[str, Any]:
         """Best-effort values for a few columns (the status poll's narrow records); bad values -> None."""

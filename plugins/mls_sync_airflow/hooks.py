@@ -12,16 +12,16 @@ Connections:
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlencode
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from mls_sync.connections import Connection
 from mls_sync.objectstore import ObjectStore, storage_settings, store_from_settings
 from mls_sync.store.db import DRIVER, get_engine
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
 
 PROPERTIES_DB_CONN_ID = "mls_properties_db"
 
@@ -51,15 +51,17 @@ class MlsHook(BaseHook):
                           schema=c.schema, login=c.login, password=c.password, extra=dict(c.extra_dejson or {}))
 
 
-# libpq connection parameters a postgres connection may carry in its extras (the URI's query, as
-# in docs/DEPLOY.md's `?sslmode=require`); the rest of its extras are Airflow's own settings
-LIBPQ_OPTIONS = frozenset({
-    "sslmode", "sslcert", "sslkey", "sslrootcert", "sslcrl", "sslcrldir", "sslpassword", "sslsni",
-    "sslcompression", "ssl_min_protocol_version", "ssl_max_protocol_version", "requiressl",
-    "channel_binding", "gssencmode", "krbsrvname", "connect_timeout", "options", "application_name",
-    "target_session_attrs", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count",
-    "tcp_user_timeout", "passfile", "service",
-})
+# The connection's own fields give these; any other libpq keyword in its extras (the URI's query,
+# as docs/DEPLOY.md's `?sslmode=require`) goes to the driver, and Airflow's own extras do not.
+_URL_PARTS = frozenset({"host", "port", "user", "password", "dbname"})
+
+
+@cache
+def libpq_options() -> frozenset[str]:
+    """The connection keywords this libpq knows (sslmode, sslrootcert, connect_timeout ...)."""
+    import psycopg
+
+    return frozenset(d.keyword.decode() for d in psycopg.pq.Conninfo.get_defaults()) - _URL_PARTS
 
 
 def properties_db_url(conn: Any) -> str:
@@ -69,19 +71,14 @@ def properties_db_url(conn: Any) -> str:
 
     The postgres provider builds a broken URL for a socket directory host, so we build it here.
     """
-    user = quote(conn.login or "postgres", safe="")
-    pw = f":{quote(conn.password, safe='')}" if conn.password else ""
-    db = conn.schema or "postgres"
-    host = conn.host or ""
     extra = getattr(conn, "extra_dejson", None) or {}
-    query = {k: str(v) for k, v in extra.items() if k in LIBPQ_OPTIONS and v not in (None, "")}
-    if host.startswith("/"):
-        query = {"host": host, **query}
-        location = ""
-    else:
-        location = host + (f":{conn.port}" if conn.port else "")
-    params = f"?{urlencode(query, safe='/')}" if query else ""
-    return f"{DRIVER}://{user}{pw}@{location}/{db}{params}"
+    query = {k: str(v) for k, v in extra.items() if k in libpq_options() and v not in (None, "")}
+    host = conn.host or None
+    if host and host.startswith("/"):  # a socket directory: libpq takes it as the host parameter
+        query, host = {"host": host, **query}, None
+    url = URL.create(DRIVER, username=conn.login or "postgres", password=conn.password or None, host=host,
+                     port=conn.port if host else None, database=conn.schema or "postgres", query=query)
+    return url.render_as_string(hide_password=False)
 
 
 class PropertiesStoreHook(BaseHook):

@@ -56,7 +56,7 @@ def test_bench_scenario_1_small(tmp_path) -> None:
     # who used the cores: the sync and the database did work; the mock is watched (its share of a
     # 300-listing sync can round to nothing)
     cpu = res["cpu_seconds_by_process"]
-    assert cpu["bench"] > 0 and cpu["postgres"] > 0 and cpu["mock"] >= 0, cpu
+    assert cpu["bench"] > 0 and cpu["postgres"] > 0 and "mock" in cpu, cpu
     assert "CPU seconds by process" in proc.stdout
     assert len(list(tmp_path.glob("*.json"))) == 2  # <timestamp>.json and latest.json
 

@@ -90,6 +90,9 @@ def test_bad_database_url_is_one_clear_line(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setenv("MLS_DATABASE_URL", "not a url at all")
     with pytest.raises(DatabaseConfigError, match="not a valid database URL"):
         get_engine()
+    monkeypatch.setenv("MLS_DATABASE_URL", "sqlite:////tmp/properties.db")  # never SQLite for the store
+    with pytest.raises(DatabaseConfigError, match="sqlite is not PostgreSQL"):
+        get_engine()
 
 
 def test_raw_payloads_become_json_and_keep_their_records(empty_db: sa.Engine, tmp_path) -> None:

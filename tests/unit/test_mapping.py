@@ -136,6 +136,9 @@ def test_memo_switches_off_for_fields_unique_per_listing(rets_mapper: Mapper) ->
     assert not memo["latitude"].active and memo["latitude"].values == {}
     assert memo["bedrooms"].active and memo["bedrooms"].values == {"3": 3}
     assert memo["public_remarks"] is None  # free text is never memoized
+    # and the field is mapped without one from then on
+    working = {col: m for _, col, _, _, _, m in rets_mapper._typed}
+    assert working["latitude"] is None and working["bedrooms"] is memo["bedrooms"]
     assert rets_mapper.map(_record(LIST_46="30.5")).row["latitude"] == Decimal("30.5")
 
 

@@ -124,17 +124,16 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
     with_edits: list[tuple[Any, ...]] = []
     complete = len(_NULL_ROW)  # a row with this many columns has them all (rows hold no others)
     for row, h in rows:
+        tail = (provider_id, h, row.get("status") in ACTIVE_STATUSES, sync_id, sync_id)
         if row["listing_key"] in edited:
             values = _NULL_ROW | row
             new_edits, conflict = _resolve_edits(values, edited[row["listing_key"]], policy)
             if conflict:
                 record_conflict(conn, t, provider_id, conflict, policy, sync_id)
                 res.conflicts += 1
-            with_edits.append((*_mapped_values(values), provider_id, h, row.get("status") in ACTIVE_STATUSES,
-                               sync_id, sync_id, new_edits))
+            with_edits.append((*_mapped_values(values), *tail, new_edits))
         else:
-            plain.append((*_mapped_values(row if len(row) == complete else _NULL_ROW | row), provider_id, h,
-                          row.get("status") in ACTIVE_STATUSES, sync_id, sync_id))
+            plain.append((*_mapped_values(row if len(row) == complete else _NULL_ROW | row), *tail))
     for batch, touch_edits in ((plain, False), (with_edits, True)):
         for i in range(0, len(batch), BATCH):
             chunk = batch[i:i + BATCH]

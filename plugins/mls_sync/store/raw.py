@@ -20,6 +20,9 @@ from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
 DELETED_MARKER = "__deleted__"
+# Between payloads in the one text that carries a page's payloads: JSON text never holds a raw
+# control character (inside strings they are escaped), so it cannot occur in a payload.
+SEPARATOR = "\x1e"
 _decode = msgspec.json.Decoder().decode
 
 
@@ -42,10 +45,6 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
         "deleted": [is_deleted(rec) for rec in latest.values()]})
     return len(records)
 
-
-# Between payloads in the one text that carries a page's payloads: JSON text never holds a raw
-# control character (inside strings they are escaped), so it cannot occur in a payload.
-SEPARATOR = "\x1e"
 
 
 @functools.lru_cache(maxsize=8)
