@@ -64,6 +64,9 @@ def n_string(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
     return _text(v)
 
 
+_MAX_PRICE, _CENT, _MAX_DECIMAL = Decimal("1e12"), Decimal("0.01"), Decimal("1e8")
+
+
 def n_money(v: Any, t: FieldTarget, ctx: Mapper) -> Decimal | None:
     s = _text(v)
     if s is None:
@@ -72,20 +75,21 @@ def n_money(v: Any, t: FieldTarget, ctx: Mapper) -> Decimal | None:
         d = Decimal(_MONEY_JUNK.sub("", s))
     except InvalidOperation:
         raise ValueProblem(f"{s!r} is not a money amount") from None
-    if not d.is_finite() or d < 0 or d >= Decimal("1e12"):
+    if not d.is_finite() or d < 0 or d >= _MAX_PRICE:
         raise ValueProblem(f"{s!r} is out of range for a price")
-    return d.quantize(Decimal("0.01"))
+    return d.quantize(_CENT)
 
 
 def n_decimal(v: Any, t: FieldTarget, ctx: Mapper) -> Decimal | None:
-    s = _text(v)
+    # not memoized where values are unique (coordinates): the constant and the checks are lean
+    s = (v.strip() or None) if v.__class__ is str else _text(v)
     if s is None:
         return None
     try:
-        d = Decimal(s.replace(",", ""))
+        d = Decimal(s.replace(",", "") if "," in s else s)
     except InvalidOperation:
         raise ValueProblem(f"{s!r} is not a number") from None
-    if not d.is_finite() or abs(d) >= Decimal("1e8"):
+    if not d.is_finite() or abs(d) >= _MAX_DECIMAL:
         raise ValueProblem(f"{s!r} is out of range")
     return d
 
@@ -177,11 +181,15 @@ def n_html(v: Any, t: FieldTarget, ctx: Mapper) -> str | None:
         s = _TAG.sub(" ", _BREAK.sub("\n", s))
     if "&" in s:
         s = html.unescape(s)
-    # _SPACE never spans a newline, so one pass over the text equals one per line. Most remarks
-    # have nothing for it to change, and scanning with it costs more than the rest of this
-    # function (3 of 5 us for a 130-character remark); substring checks are memchr-fast.
-    if "  " in s or "\t" in s or "\r" in s or "\f" in s or "\v" in s:
+    # _SPACE never spans a newline, so one pass over the text equals one per line. Scanning with
+    # it costs more than the rest of this function (5 us for a 130-character remark), and most
+    # remarks need at most runs of plain spaces collapsed (a removed tag leaves two): str.replace
+    # does that a tenth as dear. Substring checks are memchr-fast.
+    if "\t" in s or "\r" in s or "\f" in s or "\v" in s:
         s = _SPACE.sub(" ", s)
+    else:
+        while "  " in s:
+            s = s.replace("  ", " ")
     lines = s.splitlines()
     return "\n".join(stripped for line in lines if (stripped := line.strip())) or None
 

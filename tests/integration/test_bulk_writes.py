@@ -41,6 +41,19 @@ def test_upsert_round_trips_awkward_values(db) -> None:
     assert (res.added, res.updated, res.unchanged) == (1, 1, 0)
 
 
+@pytest.mark.parametrize("items, stored", [
+    ([""], [""]), (["", ""], ["", ""]), (["only"], ["only"]), ([str(i) for i in range(40, 0, -1)], None),
+    (["unit\x1fseparator", "next"], ["unit separator", "next"]), ([7, 2.5], ["7", "2.5"]),
+])
+def test_text_arrays_keep_every_item_in_order(db, items, stored) -> None:
+    row = {"listing_key": "K1", "mls_listing_id": "M1", "status": "Active", "interior_features": items}
+    with db.begin() as c:
+        prop_store.upsert_rows(c, tables(db), "p", "mls_wins", [(row, "h1")], 1)
+    with db.connect() as c:
+        got = c.execute(sa.text("SELECT interior_features FROM properties")).scalar_one()
+    assert got == (items if stored is None else stored)
+
+
 def test_raw_landing_keeps_payload_and_last_duplicate(db) -> None:
     t = tables(db)
     recs = [("K1", {"A": AWKWARD, "n": 1}), ("K2", {"A": None}), ("K1", {"A": "second", "__deleted__": True}),

@@ -56,6 +56,9 @@ def test_normalizes_every_kind(rets_mapper: Mapper) -> None:
     ("group\x1dsep", "group\nsep"),
     ("<p>Sunny &amp; bright<br/>home</p>", "Sunny & bright\nhome"),
     ("Price &lt; $500k", "Price < $500k"),
+    ("a" + " " * 7 + "b  c   d", "a b c d"),
+    ("this <b>stunning</b> home", "this stunning home"),
+    ("tab\t  and   spaces  \r\n next", "tab and spaces\nnext"),
     ("   ", None),
 ])
 def test_html_remarks_clean_only_what_needs_it(raw: str, expected: str | None) -> None:

@@ -15,9 +15,11 @@ from typing import Any
 
 import msgspec
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, aggregate_order_by
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 _ENCODER = msgspec.json.Encoder(decimal_format="string")
+# A text[] value travels as one JSON string, each item after this character (see `array_text`).
+ARRAY_SEPARATOR = "\x1f"
 # PostgreSQL's text types cannot hold NUL, so json -> text rejects "\u0000". Drop the escape unless
 # its backslash is itself escaped (an even run of backslashes before it is literal text).
 _NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
@@ -50,6 +52,8 @@ def json_rows(like: sa.Table, columns: Sequence[str], name: str = "src") -> sa.S
     the document, and PostgreSQL's JSON parser is most of what the conversion costs. Measured on
     1,000 mapped listings: 14 ms against 18 ms for `json_to_recordset` over objects (which parses
     its input twice, once as the `json` value and again to split it).
+
+    A text[] column's value must be sent as `array_text` gives it.
     """
     doc = sa.cast(sa.bindparam(f"{name}_rows", type_=sa.Text), JSONB)
     elems = sa.func.jsonb_array_elements(doc).table_valued(sa.column("r", JSONB)).render_derived(name=f"{name}_r")
@@ -58,13 +62,9 @@ def json_rows(like: sa.Table, columns: Sequence[str], name: str = "src") -> sa.S
     for i, c in enumerate(columns):
         typ = like.c[c].type
         at = sa.literal_column(str(i), sa.Integer)  # positions are part of the statement, not parameters
-        if isinstance(typ, ARRAY):  # a JSON array -> text[], in its order; null -> NULL
-            item = row.op("->", return_type=JSONB)(at)
-            items = sa.func.jsonb_array_elements_text(item).table_valued(
-                "value", with_ordinality="n").render_derived()
-            agg = sa.select(sa.func.array_agg(aggregate_order_by(items.c.value, items.c.n))).scalar_subquery()
-            values.append(sa.case((sa.func.jsonb_typeof(item) == sa.literal_column("'array'"),
-                                   sa.func.coalesce(agg, sa.literal_column("'{}'", typ)))).label(c))
+        if isinstance(typ, ARRAY):  # see array_text: split, and the empty text before the first item dropped
+            values.append(sa.literal_column(
+                f"(string_to_array({elems.name}.r ->> {i}, chr({ord(ARRAY_SEPARATOR)})))[2:]", typ).label(c))
         else:
             values.append(sa.cast(row.op("->>", return_type=sa.Text)(at), typ).label(c))
     return sa.select(*values).select_from(elems).subquery(name)
@@ -74,6 +74,30 @@ def rows_param(rows: Sequence[Sequence[Any]], name: str = "src") -> dict[str, st
     """The execution parameter carrying `rows` (each a sequence of values in the column order given
     to `json_rows`) for a `json_rows(..., name)` clause."""
     return {f"{name}_rows": encode_json(rows)}
+
+
+def array_text(items: Sequence[Any] | None) -> str | None:
+    """A text[] value as `json_rows` reads it: each item preceded by ARRAY_SEPARATOR, so that
+    PostgreSQL's `string_to_array` splits it in C and the empty text before the first separator
+    is dropped; an empty list is empty text, and None stays NULL. Exact for any items, empty ones
+    included, except that an item holding the separator itself (a control character no MLS means)
+    gets a space in its place.
+
+    Turning each JSON array into text[] with a subquery over `jsonb_array_elements_text` cost
+    PostgreSQL a third of the whole upsert (10 of 31 ms per 1,000 listings with three lists).
+    """
+    if items is None:
+        return None
+    if not items:
+        return ""
+    sep = ARRAY_SEPARATOR
+    try:
+        text = sep + sep.join(items)
+    except TypeError:  # a list of numbers, say, from a local edit
+        return array_text([str(x) for x in items])
+    if text.count(sep) != len(items):
+        text = sep + sep.join(str(x).replace(sep, " ") for x in items)
+    return text
 
 
 def any_of(column: sa.ColumnElement[Any], values: Iterable[str]) -> sa.ColumnElement[bool]:

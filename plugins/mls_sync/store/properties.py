@@ -131,9 +131,9 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
             if conflict:
                 record_conflict(conn, t, provider_id, conflict, policy, sync_id)
                 res.conflicts += 1
-            with_edits.append((*_mapped_values(values), *tail, new_edits))
+            with_edits.append((*_wire_values(values), *tail, new_edits))
         else:
-            plain.append((*_mapped_values(row if len(row) == complete else _NULL_ROW | row), *tail))
+            plain.append((*_wire_values(row if len(row) == complete else _NULL_ROW | row), *tail))
     for batch, touch_edits in ((plain, False), (with_edits, True)):
         for i in range(0, len(batch), BATCH):
             chunk = batch[i:i + BATCH]
@@ -144,9 +144,19 @@ def upsert_rows(conn: Connection, t: Tables, provider_id: str, policy: str,
     return res
 
 
-# the upsert's columns, in the order `upsert_rows` sends each row's values
-_mapped_values = operator.itemgetter(*MAPPABLE_COLUMNS)
-_UPSERT_COLUMNS = (*MAPPABLE_COLUMNS, "provider_id", "row_hash", "is_active", "first_sync_id", "last_sync_id")
+# the upsert's columns, in the order `upsert_rows` sends each row's values: the lists last, as
+# bulk.array_text gives them
+_LIST_COLUMNS = tuple(c for c, kind in MAPPABLE_COLUMNS.items() if kind == "list")
+_SCALAR_COLUMNS = tuple(c for c in MAPPABLE_COLUMNS if c not in _LIST_COLUMNS)
+_scalar_values = operator.itemgetter(*_SCALAR_COLUMNS)
+_list_values = operator.itemgetter(*_LIST_COLUMNS)
+_UPSERT_COLUMNS = (*_SCALAR_COLUMNS, *_LIST_COLUMNS, "provider_id", "row_hash", "is_active", "first_sync_id",
+                   "last_sync_id")
+
+
+def _wire_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (*_scalar_values(row), *map(bulk.array_text, _list_values(row)))
+
 
 
 def _upsert(conn: Connection, p: sa.Table, chunk: list[tuple[Any, ...]], touch_edits: bool) -> tuple[int, int]:
