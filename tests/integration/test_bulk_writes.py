@@ -57,15 +57,18 @@ def test_text_arrays_keep_every_item_in_order(db, items, stored) -> None:
 def test_raw_landing_keeps_payload_and_last_duplicate(db) -> None:
     t = tables(db)
     recs = [("K1", {"A": AWKWARD, "n": 1}), ("K2", {"A": None}), ("K1", {"A": "second", "__deleted__": True}),
-            ("K3", {"A": "record\x1eseparator\x1finside", "B": ["x\x1ey"]})]
+            ("K3", {"A": "record\x1eseparator\x1finside", "B": ["x\x1ey"]}),
+            ('K"4\x1e,{}\\', {"A": "awkward key", "__deleted__": True})]
     with db.begin() as c:
         raw_store.land(c, t, "p", 7, recs)
     with db.connect() as c:
         rows = dict(c.execute(sa.text("SELECT listing_key, payload FROM mls_raw_records")).all())
-        deleted = c.execute(sa.text("SELECT deleted FROM mls_raw_records WHERE listing_key = 'K1'")).scalar()
-    assert rows["K2"] == {"A": None} and len(rows) == 3
+        deleted = dict(c.execute(sa.text("SELECT listing_key, deleted FROM mls_raw_records")).all())
+    assert rows["K2"] == {"A": None} and len(rows) == 4
     assert rows["K3"] == {"A": "record\x1eseparator\x1finside", "B": ["x\x1ey"]}
-    assert rows["K1"]["A"] == "second" and deleted is True
+    assert rows['K"4\x1e,{}\\']["A"] == "awkward key"
+    assert rows["K1"]["A"] == "second"
+    assert deleted == {"K1": True, "K2": False, "K3": False, 'K"4\x1e,{}\\': True}
 
 
 def test_nul_characters_are_dropped_not_fatal(db) -> None:
