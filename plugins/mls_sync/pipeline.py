@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import queue
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -91,6 +92,23 @@ def gc_for_batches(young: int = 20_000) -> Iterator[None]:
         yield
     finally:
         gc.set_threshold(*before)
+
+
+@contextmanager
+def prompt_handoffs(interval: float = 0.001) -> Iterator[None]:
+    """Let a thread back from I/O take the GIL after `interval` seconds, not Python's 5 ms.
+
+    While the main thread maps (pure Python), a writer whose statement has returned waits for
+    the GIL before it can send the next one, and PostgreSQL idles meanwhile; a write step makes
+    several statements. Measured on a 10k transform_load (12 interleaved pairs): 493 -> 482 ms,
+    the same CPU. Process-wide, restored on leaving.
+    """
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, before))
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
 
 
 class EarlierStepFailed(RuntimeError):

@@ -24,7 +24,7 @@ from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
 from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
-from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched
+from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched, prompt_handoffs
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, Source
@@ -393,7 +393,8 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     state = run.get("stage_state") or {}
     acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
     mapper = mapper_for_run(ctx, run)
-    with _stage(ctx, plan, "transform_load") as extra, Writer("transform-write", WRITERS) as writer:
+    with _stage(ctx, plan, "transform_load") as extra, prompt_handoffs(), \
+            Writer("transform-write", WRITERS) as writer:
         # PostgreSQL writes batches N-1 and N on two connections while this thread reads and maps
         # batch N+1; checkpoints commit in key order. (Reading in a third thread as well measured
         # no faster on two cores.)

@@ -149,3 +149,17 @@ def test_gc_for_batches_raises_the_young_threshold_and_restores_it_even_on_error
     assert gc.get_threshold() == before
     with gc_for_batches(young=10):  # never lowers a higher threshold someone set
         assert gc.get_threshold()[0] == before[0]
+
+
+def test_prompt_handoffs_shortens_the_switch_interval_and_restores_it_even_on_error() -> None:
+    import sys
+
+    from mls_sync.pipeline import prompt_handoffs
+
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError), prompt_handoffs(0.001):
+        assert sys.getswitchinterval() == pytest.approx(0.001)
+        raise RuntimeError("stage failed")
+    assert sys.getswitchinterval() == before
+    with prompt_handoffs(1.0):  # never lengthens a shorter interval someone set
+        assert sys.getswitchinterval() == before
