@@ -43,7 +43,7 @@ def test_upsert_round_trips_awkward_values(db) -> None:
 
 @pytest.mark.parametrize("items, stored", [
     ([""], [""]), (["", ""], ["", ""]), (["only"], ["only"]), ([str(i) for i in range(40, 0, -1)], None),
-    (["unit\x1fseparator", "next"], ["unit separator", "next"]), ([7, 2.5], ["7", "2.5"]),
+    (["unit\x1fseparator", "next"], ["unit separator", "next"]), ([7, 2.5, None], ["7", "2.5", ""]),
 ])
 def test_text_arrays_keep_every_item_in_order(db, items, stored) -> None:
     row = {"listing_key": "K1", "mls_listing_id": "M1", "status": "Active", "interior_features": items}

@@ -158,7 +158,6 @@ def _wire_values(row: dict[str, Any]) -> tuple[Any, ...]:
     return (*_scalar_values(row), *map(bulk.array_text, _list_values(row)))
 
 
-
 def _upsert(conn: Connection, p: sa.Table, chunk: list[tuple[Any, ...]], touch_edits: bool) -> tuple[int, int]:
     """One INSERT .. SELECT .. ON CONFLICT for the whole chunk, sent as one JSON document;
     returns (rows inserted, rows written)."""

@@ -46,7 +46,6 @@ def land(conn: Connection, t: Tables, provider_id: str, sync_id: int,
     return len(records)
 
 
-
 @functools.lru_cache(maxsize=8)
 def _land_statement(r: sa.Table) -> sa.Insert:
     """Keys, payloads and flags side by side: keys and flags as JSON arrays (`bulk.json_array`),
