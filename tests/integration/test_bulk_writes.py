@@ -119,3 +119,17 @@ def test_a_runs_raw_records_are_read_in_key_order_without_sorting_them(db, after
     keys = [k for batch in raw_store.iter_run(db, t, "p", 7, after_key=after_key, batch=300) for k, _, _ in batch]
     first = 2 if after_key is None else 501
     assert keys == [f"K{i:04d}" for i in range(first, 1001)]  # K0001 is run 8's now
+
+
+def test_list_columns_and_the_tables_text_arrays_must_agree(db) -> None:
+    """A text[] column that columns.py does not call a list would be stored as its JSON text:
+    the upsert refuses to build instead."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    real = tables(db).properties
+    extra = sa.Table("properties", sa.MetaData(), *[sa.Column(c.name, c.type) for c in real.c],
+                     sa.Column("view_features", ARRAY(sa.Text)))
+    cols = (*prop_store._UPSERT_COLUMNS, "view_features")
+    with pytest.raises(RuntimeError, match="view_features"):
+        prop_store._upsert_statement(extra, cols, False)
+    prop_store._upsert_statement(real, prop_store._UPSERT_COLUMNS, False)  # the real pair agrees

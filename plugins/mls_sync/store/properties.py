@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -168,6 +169,13 @@ def _upsert(conn: Connection, p: sa.Table, chunk: list[tuple[Any, ...]], touch_e
 
 @functools.lru_cache(maxsize=16)
 def _upsert_statement(p: sa.Table, cols: tuple[str, ...], touch_edits: bool) -> sa.Select[Any]:
+    # json_rows reads text[] columns as bulk.array_text writes them, and _wire_values converts the
+    # "list" columns of columns.py: the two must name the same columns, or lists would be stored
+    # as their JSON text. Checked once per statement built, not per batch.
+    arrays = tuple(c for c in cols if isinstance(p.c[c].type, ARRAY))
+    if arrays != _LIST_COLUMNS:
+        raise RuntimeError(f"properties' text[] columns {arrays} are not the 'list' columns of "
+                           f"mls_sync/columns.py {_LIST_COLUMNS}: make the migration and columns.py agree")
     src = bulk.json_rows(p, cols)
     stmt = pg_insert(p).from_select(cols, sa.select(*[src.c[c] for c in cols]))
     ex = stmt.excluded
