@@ -1,13 +1,18 @@
 """One sync DAG and one status-poll DAG per provider YAML in include/mappings/.
 
 This file only wires engine calls (mls_sync_airflow.tasks) into tasks: no IO at parse time
-beyond reading the YAML files. A YAML that fails validation stands in as a DAG whose validation
-fails with the reason, so `airflow dags list-import-errors` names the file, key and fix while
-every other provider's DAGs still load.
+beyond reading the YAML files.
+
+Nothing a provider YAML holds may raise out of this file: under a real dag-processor any import
+error (a raising `DAG.validate()` included) marks every DAG of the file stale, so one bad YAML
+would hide every provider. A provider that cannot be built stands in as a DAG of its own that
+says why (description, docs, tag `invalid-config`, one task that fails with the reason), and
+dags/mls_provider_configs.py lists every broken YAML at once as Airflow's import error.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,12 +25,13 @@ from airflow.sdk import (
     get_parsing_context,
     task,
 )
-from mls_sync.config import ConfigError, ProviderConfig, load_provider, provider_paths, status_dag_id, sync_dag_id
+from mls_sync.config import ConfigError, ProviderConfig, load_providers, status_dag_id, sync_dag_id
 from mls_sync.run_options import PARAM_SCHEMAS
 from mls_sync_airflow import callbacks
 from mls_sync_airflow import tasks as run
 
 START = datetime(2024, 1, 1)
+log = logging.getLogger(__name__)
 
 
 def properties_asset(provider_id: str) -> Asset:
@@ -37,6 +43,8 @@ def status_asset(provider_id: str) -> Asset:
 
 
 def _default_args(cfg: ProviderConfig) -> dict[str, Any]:
+    # No task-level failure callback in the sync DAG: the DAG's own on_failure_callback alerts
+    # once per failed or cancelled run, with the cause finalize recorded.
     return {
         "owner": cfg.owner,
         "retries": cfg.retry.task_retries,
@@ -44,25 +52,31 @@ def _default_args(cfg: ProviderConfig) -> dict[str, Any]:
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(seconds=cfg.retry.max_retry_delay_seconds),
         "pool": cfg.pool(),
-        "on_failure_callback": callbacks.task_failed,
     }
+
+
+def _paused_at_creation(cfg: ProviderConfig) -> bool | None:
+    """A disabled provider starts paused; otherwise Airflow's dags_are_paused_at_creation decides."""
+    return True if not cfg.enabled else None
 
 
 def _doc(cfg: ProviderConfig, what: str) -> str:
     return (f"### {cfg.name}: {what}\n\nProvider `{cfg.provider_id}` over **{cfg.protocol.upper()}**, "
-            f"connection `{cfg.connection_id}`, pool `{cfg.pool()}`.\n\n"
+            f"MLS connection `{cfg.connection_id}`, pool `{cfg.pool()}` ({cfg.limits.pool_slots} slots; "
+            "made or resized from the YAML when a run starts).\n\n"
             "Trigger with config for a manual run: mode full/incremental, partial by listing keys, "
-            "postal codes or cities, include photos, dry run. Counts and errors: the MLS Sync view.")
+            "postal codes or cities, modified since, include photos, dry run. A run whose sync fails "
+            "ends failed here, with the cause in finalize's log and on the MLS Sync view.")
 
 
 def build_sync_dag(cfg: ProviderConfig) -> DAG:
     pid = cfg.provider_id
 
     @dag(
-        dag_id=cfg.dag_id(), schedule=cfg.schedule, start_date=START, catchup=False, max_active_runs=1,
-        tags=["mls", "mls-sync", *cfg.tags], doc_md=_doc(cfg, "listing sync"), default_args=_default_args(cfg),
-        params={name: Param(**schema) for name, schema in PARAM_SCHEMAS.items()},
-        is_paused_upon_creation=not cfg.enabled, on_failure_callback=run.run_failed,
+        dag_id=cfg.dag_id(), schedule=cfg.schedule if cfg.enabled else None, start_date=START, catchup=False,
+        max_active_runs=1, tags=["mls", "mls-sync", *cfg.tags], doc_md=_doc(cfg, "listing sync"),
+        default_args=_default_args(cfg), params={name: Param(**schema) for name, schema in PARAM_SCHEMAS.items()},
+        is_paused_upon_creation=_paused_at_creation(cfg), on_failure_callback=run.run_failed,
         dagrun_timeout=timedelta(minutes=cfg.alerts.max_duration_minutes * 8),
     )
     def sync() -> None:
@@ -88,14 +102,17 @@ def build_sync_dag(cfg: ProviderConfig) -> DAG:
 
         @task(map_index_template="{{ media_batch_label }}")
         def media(plan: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
-            get_current_context()["media_batch_label"] = batch.get("label", "")
-            return run.media_batch(pid, plan, batch)
+            ctx = get_current_context()
+            ctx["media_batch_label"] = batch.get("label", "")
+            return run.media_batch(pid, plan, batch, ctx["ti"].map_index)
 
+        # Closes the run whatever happened upstream, then fails when the sync did: the run's
+        # state comes from its leaves, and announce (all_success) is skipped or upstream_failed.
         @task(trigger_rule="all_done")
         def finalize(**context: Any) -> dict[str, Any]:
             return run.finalize(pid, context)
 
-        @task(outlets=[properties_asset(pid)], trigger_rule="all_done", retries=0)
+        @task(outlets=[properties_asset(pid)], retries=0)
         def announce(summary: dict[str, Any]) -> dict[str, Any]:
             return run.announce(pid, summary)
 
@@ -117,10 +134,12 @@ def build_status_dag(cfg: ProviderConfig) -> DAG:
     pid = cfg.provider_id
 
     @dag(
-        dag_id=cfg.status_dag_id(), schedule=cfg.status_poll.schedule if cfg.status_poll.enabled else None,
+        dag_id=cfg.status_dag_id(),
+        schedule=cfg.status_poll.schedule if cfg.status_poll.enabled and cfg.enabled else None,
         start_date=START, catchup=False, max_active_runs=1, tags=["mls", "mls-status", *cfg.tags],
         doc_md=_doc(cfg, "status poll (Active -> Pending -> Closed within minutes)"),
-        default_args=_default_args(cfg), is_paused_upon_creation=not cfg.enabled,
+        default_args={**_default_args(cfg), "on_failure_callback": callbacks.task_failed},
+        is_paused_upon_creation=_paused_at_creation(cfg),
     )
     def status() -> None:
         @task(outlets=[status_asset(pid)])
@@ -132,28 +151,55 @@ def build_status_dag(cfg: ProviderConfig) -> DAG:
     return status()
 
 
-class InvalidProviderDag(DAG):
-    """Stands in for a provider whose YAML is invalid: its validation fails with the reason."""
+def build_invalid_dag(provider_id: str, reason: str) -> DAG:
+    """A provider whose YAML cannot be used: a DAG that says why, and fails loudly if triggered."""
+    first = reason.strip().splitlines()[0] if reason.strip() else "invalid provider config"
 
-    def validate(self) -> None:
-        raise ConfigError(self.doc_md or "invalid provider config")
+    @dag(
+        dag_id=sync_dag_id(provider_id), schedule=None, start_date=START, catchup=False, max_active_runs=1,
+        tags=["mls", "mls-sync", "invalid-config"], description=f"INVALID CONFIG: {first}"[:500],
+        doc_md=(f"### Provider `{provider_id}`: invalid configuration\n\nThis provider does not sync until "
+                f"its YAML is fixed. Other providers are not affected.\n\n```\n{reason}\n```\n"),
+        default_args={"owner": "mls-sync", "retries": 0},
+    )
+    def invalid() -> None:
+        @task(retries=0)
+        def invalid_config() -> None:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(reason)
+
+        invalid_config()
+
+    return invalid()
+
+
+def _provider_dags(cfg: ProviderConfig | ConfigError, provider_id: str) -> list[DAG]:
+    """The provider's DAGs, or the one that explains why there are none; never raises."""
+    try:
+        if isinstance(cfg, ConfigError):
+            raise cfg
+        dags = [build_sync_dag(cfg), build_status_dag(cfg)]
+        for d in dags:
+            d.validate()  # what the DagBag would raise later, as an import error of the whole file
+        return dags
+    except Exception as exc:
+        reason = str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}"
+        log.warning("provider %s is not scheduled: %s", provider_id, reason)
+        return [build_invalid_dag(provider_id, reason)]
 
 
 def _build_all() -> dict[str, DAG]:
     wanted = get_parsing_context().dag_id
     out: dict[str, DAG] = {}
-    for path in provider_paths():
-        ids = (sync_dag_id(path.stem), status_dag_id(path.stem))
-        if wanted and wanted not in ids:
+    for path, cfg in load_providers():
+        pid = path.stem
+        if not ProviderConfig.valid_id(pid):
+            continue  # no usable DAG id: dags/mls_provider_configs.py reports the file
+        if wanted and wanted not in (sync_dag_id(pid), status_dag_id(pid)):
             continue  # a worker running one task parses only that DAG
-        try:
-            cfg = load_provider(path)
-        except ConfigError as exc:
-            out[ids[0]] = InvalidProviderDag(dag_id=ids[0], schedule=None, start_date=START, doc_md=str(exc),
-                                             tags=["mls", "invalid-config"])
-            continue
-        out[ids[0]] = build_sync_dag(cfg)
-        out[ids[1]] = build_status_dag(cfg)
+        for d in _provider_dags(cfg, pid):
+            out[d.dag_id] = d
     return out
 
 

@@ -26,8 +26,29 @@ NORMALIZERS = ("string", "money", "int", "decimal", "date", "timestamp", "bool",
 _ID = r"^[a-z][a-z0-9_]{1,62}$"
 
 
+# Airflow's schedule presets; anything else must be a five-field cron expression
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly",
+                    "@annually")
+
+
+def check_schedule(value: str | None) -> str | None:
+    """Refuse a schedule Airflow would refuse, here, so the error names the YAML key (and Airflow
+    never sees it as an error of the whole DAG file)."""
+    if value is None or value in SCHEDULE_PRESETS:
+        return value
+    from croniter import croniter
+
+    fields = value.split()
+    if len(fields) != 5 or not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression of five fields (minute hour day month weekday, "
+                         f"e.g. '0 */4 * * *') nor one of {', '.join(SCHEDULE_PRESETS)}; null means manual runs only")
+    return value
+
+
 class ConfigError(ValueError):
     """A provider YAML that cannot be used; the message says where and how to fix it."""
+
+    category = "config"
 
 
 class _Strict(BaseModel):
@@ -114,6 +135,11 @@ class StatusPoll(_Strict):
     schedule: str = "*/10 * * * *"
     archive_after_days: int = Field(30, ge=0)
 
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str | None:
+        return check_schedule(v)
+
 
 class Conflicts(_Strict):
     policy: Literal["mls_wins", "local_wins", "manual"] = "mls_wins"
@@ -135,6 +161,7 @@ class Media(_Strict):
 
 class Alerts(_Strict):
     email: tuple[str, ...] = ()
+    email_from: str | None = None  # sender; default: the SMTP connection's from_email
     smtp_connection_id: str | None = None
     slack_connection_id: str | None = None
     max_duration_minutes: int = Field(30, ge=1)
@@ -166,6 +193,11 @@ class ProviderConfig(_Strict):
     media: Media = Field(default_factory=Media)
     alerts: Alerts = Field(default_factory=Alerts)
     storage: dict[str, Any] = Field(default_factory=dict)  # object store settings; empty = environment
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str | None) -> str | None:
+        return check_schedule(v)
 
     @model_validator(mode="after")
     def _consistent(self) -> ProviderConfig:
@@ -238,6 +270,11 @@ class ProviderConfig(_Strict):
     def status_dag_id(self) -> str:
         return status_dag_id(self.provider_id)
 
+    @staticmethod
+    def valid_id(name: str) -> bool:
+        """Whether `name` can be a provider id (and so a DAG id, a pool and a file name)."""
+        return re.match(_ID, name) is not None
+
     def pool(self) -> str:
         """The Airflow pool bounding this provider's concurrent tasks (`mls_sync_airflow.setup` makes it)."""
         return f"mls_{self.provider_id}"
@@ -265,11 +302,20 @@ def _format_errors(path: Path, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+# libyaml's safe loader when PyYAML was built with it (many times faster than the pure-Python one,
+# which was most of the DAG file's parse time); both refuse tags that would run code
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_provider(path: str | Path) -> ProviderConfig:
-    """Parse and validate one provider YAML (safe_load only: YAML tags cannot run code)."""
+    """Parse and validate one provider YAML (a safe loader only: YAML tags cannot run code)."""
     path = Path(path)
+    if path.suffix != ".yaml" or not ProviderConfig.valid_id(path.stem):
+        raise ConfigError(f"{path}: a provider file is named <provider_id>.yaml, the id a lowercase letter "
+                          "then 1-62 lowercase letters, digits or _ (it becomes DAG ids and a pool name); "
+                          "rename the file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_SafeLoader)  # noqa: S506 (a safe loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     except OSError as exc:
@@ -291,8 +337,10 @@ def mappings_dir() -> Path:
 
 
 def provider_paths(directory: str | Path | None = None) -> list[Path]:
+    """Every provider file, misnamed ones (`.yml`, `Demo-MLS.yaml`) included: load_provider says
+    what is wrong with those, rather than them being skipped without a word."""
     d = Path(directory) if directory else mappings_dir()
-    return sorted(p for p in d.glob("*.yaml") if re.match(_ID, p.stem))
+    return sorted(p for p in d.glob("*.y*ml") if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
 
 
 def load_providers(directory: str | Path | None = None) -> tuple[tuple[Path, ProviderConfig | ConfigError], ...]:

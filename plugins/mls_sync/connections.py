@@ -17,6 +17,14 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 class ConnectionNotFound(LookupError):
     """No connection with that id is defined where we looked."""
 
+    category = "config"
+
+
+class ConnectionInvalid(ValueError):
+    """The connection exists but cannot be used as it is (no host, ...)."""
+
+    category = "config"
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -41,7 +49,7 @@ class Connection:
         if "://" in host:
             return host
         if not host:
-            raise ValueError(
+            raise ConnectionInvalid(
                 f"connection {self.conn_id!r} has no host: set host to the MLS URL "
                 f"(e.g. https://rets.example.com/rets/login) or extra.{key}"
             )

@@ -21,6 +21,8 @@ MAX_ITEMS = 500
 class RunOptionsError(ValueError):
     """The run's conf is not acceptable; the message names each bad field."""
 
+    category = "config"
+
 
 def _clean_list(values: Any, pattern: str, what: str) -> tuple[str, ...]:
     if values in (None, "", []):

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from mls_sync.columns import STANDARD_STATUSES
 from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
-from mls_sync.limits import RateLimiter
+from mls_sync.limits import RateLimiter, failure_category
 from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched, prompt_handoffs
 from mls_sync.run_options import RunOptions
@@ -98,7 +98,7 @@ def _stage(ctx: SyncContext, plan: dict[str, Any], name: str) -> Iterator[dict[s
 # ---------------------------------------------------------------- plan
 
 def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: dict[str, Any] | None,
-         trigger: str = "scheduled") -> dict[str, Any]:
+         trigger: str = "scheduled", triggered_by: str | None = None) -> dict[str, Any]:
     """Decide full / incremental / partial and open the run's history row."""
     p = ctx.provider
     opts = RunOptions.from_conf(conf)
@@ -123,7 +123,8 @@ def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: 
             trigger=trigger, dry_run=opts.dry_run, conf=opts.model_dump(mode="json"),
             watermark_before=watermark)
         runs.mark_running(c, ctx.t, p.provider_id, sync_id, "plan", {})
-        runs.record_stage(c, ctx.t, sync_id, "plan", time.monotonic() - started)
+        runs.record_stage(c, ctx.t, sync_id, "plan", time.monotonic() - started,
+                          {"triggered_by": triggered_by} if triggered_by else None)
     out = {
         "sync_id": sync_id, "provider_id": p.provider_id, "mode": mode, "dry_run": opts.dry_run,
         "include_photos": opts.include_photos and p.media.enabled, "since": _iso(since),
@@ -466,6 +467,41 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- finalize
 
+def record_failure(ctx: SyncContext, plan: dict[str, Any] | None, task: str, exc: BaseException | None) -> None:
+    """Keep why a task failed on the run (None: it succeeded since), for finalize, alerts and the view.
+
+    Messages from the sources are already masked; the text is cut so a server's error page
+    cannot bloat the row.
+    """
+    if not plan or "sync_id" not in plan:
+        return
+    cause = None if exc is None else {
+        "task": task, "error": type(exc).__name__, "category": failure_category(exc),
+        "message": str(exc)[:1000], "at": utcnow().isoformat(timespec="seconds")}
+    try:
+        with ctx.db.begin() as c:
+            runs.note_failure(c, ctx.t, plan["sync_id"], task, cause)
+    except Exception:  # the database may be what failed: the task's own error must still surface
+        log.warning("could not record the outcome of %s on run %s", task, plan["sync_id"], exc_info=True)
+
+
+def first_failure(run: dict[str, Any], failed_tasks: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The earliest recorded cause among the tasks that ended failed (any, without that list)."""
+    causes = list(((run.get("report") or {}).get("failures") or {}).values())
+    if failed_tasks:
+        wanted = set(failed_tasks)
+        causes = [c for c in causes if c.get("task") in wanted or c.get("task", "").split("[")[0] in wanted]
+    return min(causes, key=lambda c: c.get("at", "")) if causes else None
+
+
+def failure_summary(run: dict[str, Any], failed_tasks: Sequence[str]) -> str | None:
+    """One line for the history row, the card and alerts: the first cause, or the failed tasks."""
+    cause = first_failure(run, failed_tasks)
+    if cause:
+        return f"{cause['task']} failed: {cause['error']}: {cause['message']}"
+    return f"failed tasks: {', '.join(failed_tasks)}" if failed_tasks else None
+
+
 def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[str] | None = None,
              *, cancelled: bool = False) -> dict[str, Any]:
     """Close the run whatever happened upstream; the watermark moves only past stored records."""
@@ -480,9 +516,8 @@ def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[s
             sh.c.provider_id == p.provider_id, sh.c.sync_id == sid)).scalar_one()
         runs.update_history(c, t, sid, status_changes=status_changes)
         state = "cancelled" if cancelled else ("failed" if failed_tasks else "success")
-        summary = f"failed tasks: {', '.join(failed_tasks)}" if failed_tasks else None
-        if cancelled:
-            summary = "cancelled by an operator"
+        summary = "cancelled by an operator" if cancelled else (
+            failure_summary(run, failed_tasks) if state == "failed" else None)
         max_mod = _dt((run.get("stage_state") or {}).get("max_modified"))
         move = state == "success" and not run["dry_run"] and run["mode"] in ("full", "incremental")
         closed = runs.close_run(c, t, sid, state=state, error_summary=summary, watermark_after=max_mod,
@@ -495,15 +530,29 @@ def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[s
         "dry_run": closed["dry_run"], "duration_seconds": round(closed["duration_seconds"], 2),
         "error_rate": round(error_rate, 4), "error_summary": summary,
         **{k: int(closed[k]) for k in runs.COUNT_COLUMNS}, "status_changes": int(status_changes),
-        "alerts": [],
+        "alerts": [], "failure": first_failure(run, failed_tasks) if state == "failed" else None,
     }
-    if error_rate > p.alerts.max_error_rate and closed["records_fetched"]:
+    # a failed run's alert is the failure itself (sent once per run by the caller)
+    if state == "success" and error_rate > p.alerts.max_error_rate and closed["records_fetched"]:
         result["alerts"].append(f"error rate {error_rate:.1%} above {p.alerts.max_error_rate:.0%}")
-    if closed["duration_seconds"] > p.alerts.max_duration_minutes * 60:
+    if state == "success" and closed["duration_seconds"] > p.alerts.max_duration_minutes * 60:
         result["alerts"].append(f"run took {closed['duration_seconds'] / 60:.1f} min, "
                                 f"over {p.alerts.max_duration_minutes} min")
     log.info("finalize: %s", result)
     return result
+
+
+def run_outcome(ctx: SyncContext, dag_id: str, dag_run_id: str) -> dict[str, Any] | None:
+    """How an Airflow run's sync ended: state, summary and first cause (None: it never opened)."""
+    h = ctx.t.mls_sync_history
+    with ctx.db.connect() as c:
+        row = c.execute(sa.select(h.c.id, h.c.state, h.c.error_summary, h.c.report).where(
+            h.c.provider_id == ctx.provider.provider_id, h.c.dag_id == dag_id,
+            h.c.dag_run_id == dag_run_id)).mappings().first()
+    if row is None:
+        return None
+    return {"sync_id": row["id"], "state": row["state"], "error_summary": row["error_summary"],
+            "failure": first_failure(dict(row))}
 
 
 def mark_cancelled_if_running(ctx: SyncContext, dag_id: str, dag_run_id: str) -> bool:

@@ -33,14 +33,14 @@ def _category(exc: BaseException | None) -> str:
 
 
 def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None = None,
-            detail: str | None = None, category: str | None = None) -> tuple[str, str]:
+            detail: str | None = None, category: str | None = None, task: str | None = None) -> tuple[str, str]:
     """(subject, text) for an alert."""
     context = context or {}
     run = context.get("dag_run")
     ti = context.get("ti") or context.get("task_instance")
     dag_id = getattr(run, "dag_id", None) or cfg.dag_id()
-    run_id = getattr(run, "run_id", None)
-    task_id = getattr(ti, "task_id", None)
+    run_id = getattr(run, "run_id", None) or context.get("run_id")
+    task_id = task or getattr(ti, "task_id", None)
     exc = context.get("exception")
     category = category or _category(exc)
     subject = f"[MLS sync] {cfg.name} ({cfg.provider_id}): {event}"
@@ -63,18 +63,24 @@ def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None =
 def send(cfg: ProviderConfig, subject: str, text: str, context: dict[str, Any] | None = None) -> list[str]:
     """Send through every channel the YAML configures; a broken channel never hides another."""
     sent: list[str] = []
-    ctx = dict(context or {})
+    # notify() (not the notifier's __call__) renders no template, so MLS text in the message cannot
+    # reach Jinja; only a sender taken from the connection is rendered, in a plain environment
+    # (the "dag" of a DAG callback may be a serialized one without a template environment)
+    ctx = {k: v for k, v in (context or {}).items() if k != "dag"}
     if cfg.alerts.email:
         try:
             from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
             body = "<pre>" + html.escape(text) + "</pre>"
+            # the sender: the YAML's alerts.email_from, else the SMTP connection's from_email
+            # (relays refuse made-up senders, so there is no default of our own)
             SmtpNotifier(to=list(cfg.alerts.email), subject=subject, html_content=body,
-                         from_email="mls-sync@localhost",
+                         from_email=cfg.alerts.email_from,
                          smtp_conn_id=cfg.alerts.smtp_connection_id or "smtp_default").notify(ctx)
             sent.append("email")
         except Exception:
-            log.exception("email alert for %s failed", cfg.provider_id)
+            log.exception("email alert for %s failed (the sender is alerts.email_from in the YAML or from_email "
+                          "in the SMTP connection's extras)", cfg.provider_id)
     if cfg.alerts.slack_connection_id:
         try:
             from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
@@ -88,8 +94,8 @@ def send(cfg: ProviderConfig, subject: str, text: str, context: dict[str, Any] |
 
 
 def alert(cfg: ProviderConfig, event: str, context: dict[str, Any] | None = None, *, detail: str | None = None,
-          category: str | None = None) -> list[str]:
-    subject, text = compose(cfg, event=event, context=context, detail=detail, category=category)
+          category: str | None = None, task: str | None = None) -> list[str]:
+    subject, text = compose(cfg, event=event, context=context, detail=detail, category=category, task=task)
     log.warning("alert: %s", subject)
     return send(cfg, subject, text, context)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
-from mls_sync.connections import Connection
+from mls_sync.connections import Connection, ConnectionNotFound
 from mls_sync.objectstore import ObjectStore, storage_settings, store_from_settings
 from mls_sync.store.db import DRIVER, get_engine
 from sqlalchemy.engine import URL, Engine
@@ -44,6 +44,17 @@ class MlsHook(BaseHook):
     def __init__(self, mls_conn_id: str = default_conn_name) -> None:
         super().__init__()
         self.mls_conn_id = mls_conn_id
+
+    def get_mls_connection(self) -> Connection:
+        """`get_conn`, with a missing connection said in the engine's terms (a config error that no
+        retry fixes) and with the fix."""
+        try:
+            return self.get_conn()
+        except AirflowNotFoundException:
+            raise ConnectionNotFound(
+                f"connection {self.mls_conn_id!r} (the provider YAML's connection_id) is not defined: add it in "
+                f"Airflow (Admin > Connections, or `airflow connections add {self.mls_conn_id} ...`; see README) "
+                "or in a secrets backend") from None
 
     def get_conn(self) -> Connection:
         c = self.get_connection(self.mls_conn_id)

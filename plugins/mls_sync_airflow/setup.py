@@ -2,7 +2,9 @@
 
 Every task of a provider runs in the pool `mls_<provider_id>` so a provider's concurrent requests
 stay within what it allows (limits.pool_slots). The scheduler does not run tasks of a pool that
-does not exist, so `make` and the compose stack's init step run this after `airflow db migrate`.
+does not exist; the scheduler makes a provider's pool when one of its runs starts
+(mls_sync_airflow.pools), and `make` and the compose stack's init step run this after
+`airflow db migrate` so the pools are there from the start.
 """
 
 from __future__ import annotations
@@ -13,18 +15,18 @@ from mls_sync.config import ConfigError, load_providers
 
 
 def ensure_pools() -> list[tuple[str, int]]:
-    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    from mls_sync_airflow.pools import ensure_pool
 
     made: list[tuple[str, int]] = []
-    for path, cfg in load_providers():
-        if isinstance(cfg, ConfigError):  # its DAG reports the problem; a pool can wait for the fix
-            print(f"skipping {path.name}: {cfg}", file=sys.stderr)
-            continue
-        name = cfg.pool()
-        Pool.create_or_update_pool(name, cfg.limits.pool_slots,
-                                   f"MLS provider {cfg.name}: concurrent tasks against its servers",
-                                   include_deferred=False)
-        made.append((name, cfg.limits.pool_slots))
+    with create_session() as session:
+        for path, cfg in load_providers():
+            if isinstance(cfg, ConfigError):  # its DAG reports the problem; a pool can wait for the fix
+                print(f"skipping {path.name}: {cfg}", file=sys.stderr)
+                continue
+            ensure_pool(session, cfg)
+            made.append((cfg.pool(), cfg.limits.pool_slots))
     return made
 
 

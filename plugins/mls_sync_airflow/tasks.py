@@ -7,16 +7,20 @@ so the engine stays free of Airflow: everything Airflow-specific ends here.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from mls_sync import sync
 from mls_sync.config import ProviderConfig, find_provider
+from mls_sync.limits import needs_operator
 from mls_sync.store.db import migrate
 
 from mls_sync_airflow.hooks import MlsHook, PropertiesStoreHook
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+SYNC_TASKS = ("plan", "fetch", "transform_load", "reconcile", "media_batches", "media", "finalize", "announce")
 
 
 @cache
@@ -39,7 +43,26 @@ def provider_id_of(dag_id: str) -> str:
 def context(provider_id: str) -> sync.SyncContext:
     cfg = provider(provider_id)
     return sync.SyncContext(provider=cfg, db=_db(PropertiesStoreHook.default_conn_name),
-                            mls=MlsHook(cfg.connection_id).get_conn)
+                            mls=MlsHook(cfg.connection_id).get_mls_connection)
+
+
+def guarded(provider_id: str, plan: dict[str, Any] | None, task: str, call: Callable[[], T]) -> T:
+    """Run one stage: record why it failed on the run, and fail the task at once (no retries) when
+    a retry cannot help (credentials refused, missing connection, invalid config, refused query),
+    so an account is not locked by repeated logins. Everything else keeps Airflow's backoff."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    try:
+        out = call()
+    except Exception as exc:
+        sync.record_failure(context(provider_id), plan, task, exc)
+        if needs_operator(exc):
+            raise AirflowFailException(f"{type(exc).__name__}: {exc} (not retried: a retry cannot fix this; "
+                                       "fix it and trigger the sync again)") from exc
+        raise
+    if plan and task != "plan":
+        sync.record_failure(context(provider_id), plan, task, None)  # a retry fixed an earlier failure
+    return out
 
 
 def trigger_of(ctx: dict[str, Any]) -> str:
@@ -48,58 +71,93 @@ def trigger_of(ctx: dict[str, Any]) -> str:
     return "scheduled" if "scheduled" in run_type.lower() else "manual"
 
 
+def triggered_by(ctx: dict[str, Any]) -> str | None:
+    """Who triggered a manual run (Airflow records the user), for the run's history."""
+    return getattr(ctx.get("dag_run"), "triggering_user_name", None) or None
+
+
 def plan(provider_id: str, ctx: dict[str, Any]) -> dict[str, Any]:
     run = ctx["dag_run"]
     conf = dict(ctx.get("params") or {})
     conf.update(getattr(run, "conf", None) or {})
-    return sync.plan(context(provider_id), dag_id=run.dag_id, dag_run_id=run.run_id, conf=conf,
-                     trigger=trigger_of(ctx))
+    return guarded(provider_id, None, "plan", lambda: sync.plan(
+        context(provider_id), dag_id=run.dag_id, dag_run_id=run.run_id, conf=conf, trigger=trigger_of(ctx),
+        triggered_by=triggered_by(ctx)))
 
 
 def fetch(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    return sync.fetch(context(provider_id), plan)
+    return guarded(provider_id, plan, "fetch", lambda: sync.fetch(context(provider_id), plan))
 
 
 def transform_load(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    return sync.transform_load(context(provider_id), plan)
+    return guarded(provider_id, plan, "transform_load", lambda: sync.transform_load(context(provider_id), plan))
 
 
 def reconcile(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    return sync.reconcile(context(provider_id), plan)
+    return guarded(provider_id, plan, "reconcile", lambda: sync.reconcile(context(provider_id), plan))
+
+
+def task_label(key: str, task_ids: tuple[str, ...] = SYNC_TASKS) -> str:
+    """Airflow names a mapped instance `<task_id>_<map_index>`: show it as `media[3]`."""
+    if key in task_ids:
+        return key
+    head, _, index = key.rpartition("_")
+    return f"{head}[{index}]" if head in task_ids and index.isdigit() else key
 
 
 def failed_tasks(ctx: dict[str, Any]) -> list[str]:
-    """Upstream tasks of this run that did not succeed (asked of Airflow, not guessed)."""
+    """Tasks of this run that failed themselves (asked of Airflow, not guessed); the ones that only
+    could not run because of them (upstream_failed) are consequences, not causes."""
     ti, run = ctx["ti"], ctx["dag_run"]
     try:
         states = ti.get_task_states(dag_id=run.dag_id, run_ids=[run.run_id])
-    except Exception as exc:  # the API is new; finalize must still close the run
+    except Exception as exc:  # finalize must still close the run
         log.warning("could not read task states (%s); judging by recorded stages", exc)
         return []
     per_run = states.get(run.run_id, {}) if isinstance(states, dict) else {}
-    bad = {"failed", "upstream_failed"}
-    # mapped instances come back as "<task_id>_<map_index>"
-    return sorted(str(k) for k, v in per_run.items()
-                  if str(getattr(v, "value", v)) in bad and str(k) != ti.task_id)
+    return sorted(task_label(str(k)) for k, v in per_run.items()
+                  if str(getattr(v, "value", v)) == "failed" and str(k) != ti.task_id)
 
 
 def finalize(provider_id: str, ctx: dict[str, Any]) -> dict[str, Any]:
+    """Close the run, then fail this task when the sync failed: the run's state in Airflow (grid,
+    REST API, `dags list-runs`, callbacks) must say what happened, not that closing it worked."""
+    from airflow.sdk.exceptions import AirflowFailException
+
     from mls_sync_airflow import callbacks
 
     plan = ctx["ti"].xcom_pull(task_ids="plan")
     result = sync.finalize(context(provider_id), plan, failed_tasks(ctx))
+    if result["state"] != "success":
+        raise AirflowFailException(f"sync {result.get('sync_id', '-')} of {provider_id} {result['state']}: "
+                                   f"{result.get('error_summary') or 'see the failed tasks'}")
     for message in result.get("alerts", []):
         callbacks.alert(provider(provider_id), message, ctx, category="threshold")
     return result
 
 
 def run_failed(ctx: dict[str, Any]) -> None:
-    """DAG-level failure callback: a run stopped from the UI never reached finalize."""
+    """DAG-level failure callback, once per failed run: close a run that never reached finalize
+    (stopped from the UI, timed out) and send the one alert, with the cause finalize recorded."""
+    from mls_sync_airflow import callbacks
+
     run = ctx.get("dag_run")
-    if run is None:
+    dag_id = getattr(run, "dag_id", None) or getattr(ctx.get("dag"), "dag_id", "")
+    run_id = getattr(run, "run_id", None) or ctx.get("run_id")
+    if not dag_id or not run_id:
         return
-    if sync.mark_cancelled_if_running(context(provider_id_of(run.dag_id)), run.dag_id, run.run_id):
-        log.info("run %s of %s marked cancelled; watermark unchanged", run.run_id, run.dag_id)
+    pid = provider_id_of(dag_id)
+    sctx = context(pid)
+    if sync.mark_cancelled_if_running(sctx, dag_id, run_id):
+        log.info("run %s of %s marked cancelled; watermark unchanged", run_id, dag_id)
+    outcome = sync.run_outcome(sctx, dag_id, run_id) or {}
+    state = outcome.get("state") or "failed"
+    cause = outcome.get("failure") or {}
+    reason = ctx.get("reason")
+    detail = outcome.get("error_summary") or (f"Airflow: {reason}" if reason else None)
+    callbacks.alert(provider(pid), f"sync {state}", ctx, detail=detail,
+                    category=cause.get("category") or ("operator" if state == "cancelled" else None),
+                    task=cause.get("task"))
 
 
 def status_poll(provider_id: str, ctx: dict[str, Any]) -> dict[str, Any]:
@@ -120,16 +178,18 @@ def media_batches(provider_id: str, plan: dict[str, Any]) -> list[dict[str, Any]
         return []
     from mls_sync import media
 
-    return media.plan_batches(context(provider_id), plan)
+    return guarded(provider_id, plan, "media_batches", lambda: media.plan_batches(context(provider_id), plan))
 
 
-def media_batch(provider_id: str, plan: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
+def media_batch(provider_id: str, plan: dict[str, Any], batch: dict[str, Any], map_index: int = -1) -> dict[str, Any]:
     from mls_sync import media
 
     from mls_sync_airflow.hooks import media_store
 
     cfg = provider(provider_id)
-    return media.run_batch(context(provider_id), plan, batch, media_store(cfg.storage))
+    key = f"media[{map_index}]" if map_index >= 0 else "media"
+    return guarded(provider_id, plan, key,
+                   lambda: media.run_batch(context(provider_id), plan, batch, media_store(cfg.storage)))
 
 
 def announce(provider_id: str, summary: dict[str, Any] | None) -> dict[str, Any]:

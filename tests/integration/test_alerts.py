@@ -99,19 +99,27 @@ def test_failed_sync_alerts_email_and_slack(mock_mls_factory, db, db_url, tmp_pa
     monkeypatch.setenv("AIRFLOW_CONN_MLS_DEMO_RESO", json.dumps(bad))
 
     dr = run_dag("mls_sync__demo_reso", {"include_photos": False})
-    assert task_states(dr)["fetch"] == "failed"
+    states = task_states(dr)
+    assert states["fetch"] == "failed" and states["finalize"] == "failed" and states["announce"] == "upstream_failed"
+    assert str(dr.state) == "failed"  # the Airflow run says what happened to the sync
+    fetch_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "fetch")
+    assert fetch_ti.try_number == 1  # credentials refused: not retried (vendors lock accounts)
     run = last_run(db, "demo_reso")
     assert run["state"] == "failed"
+    assert run["error_summary"].startswith("fetch failed: AuthError: token endpoint refused"), run["error_summary"]
 
-    fetch_mails = [m for m in inbox.messages if "Task: fetch" in _text(m)]
-    assert fetch_mails, [m["Subject"] for m in inbox.messages]
-    body = _text(fetch_mails[0])
-    assert "demo_reso" in fetch_mails[0]["Subject"] and fetch_mails[0]["To"] == "oncall@example.com"
-    for needle in ("Task: fetch", "Error category: auth", dr.run_id.split("+")[0], "/dags/mls_sync__demo_reso/runs/"):
+    assert len(inbox.messages) == 1, [m["Subject"] for m in inbox.messages]  # one alert per failed run
+    mail = inbox.messages[0]
+    body = _text(mail)
+    assert "demo_reso" in mail["Subject"] and "sync failed" in mail["Subject"] and mail["To"] == "oncall@example.com"
+    assert mail["From"] == "mls-sync@example.com"  # the SMTP connection's sender, not a made-up one
+    for needle in ("Task: fetch", "Error category: auth", "Detail: fetch failed: AuthError", dr.run_id.split("+")[0],
+                   "/dags/mls_sync__demo_reso/runs/"):
         assert needle in body, needle
     assert "wrong-secret-value" not in body
-    slack = [r["text"] for r in received if "Task: fetch" in r.get("text", "")]
-    assert slack and "Error category: auth" in slack[0] and "wrong-secret-value" not in slack[0]
+    assert len(received) == 1, received
+    slack = received[0]["text"]
+    assert "Task: fetch" in slack and "Error category: auth" in slack and "wrong-secret-value" not in slack
 
 
 def test_stale_provider_alerts_once(mock_mls_factory, db, db_url, tmp_path, smtp_inbox, alerting_providers) -> None:

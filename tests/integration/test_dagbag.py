@@ -55,18 +55,42 @@ def test_sync_dag_shape_and_trigger_form() -> None:
     assert media.map_index_template
 
 
-def test_bad_yaml_fails_only_its_own_dag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _broken_mappings(dest: Path) -> dict[str, str]:
+    """The demo YAMLs plus several broken ones, each broken differently; {file: what names the fault}."""
     for p in MAPPINGS.glob("*.yaml"):
-        shutil.copy(p, tmp_path / p.name)
-    bad = yaml.safe_load((MAPPINGS / "demo_rets.yaml").read_text())
-    bad["provider_id"] = "broken_mls"
-    bad["limits"]["requests_per_hour"] = "lots"
-    (tmp_path / "broken_mls.yaml").write_text(yaml.safe_dump(bad))
+        shutil.copy(p, dest / p.name)
+    base = yaml.safe_load((MAPPINGS / "demo_rets.yaml").read_text())
+    bad_value = {**base, "provider_id": "broken_mls", "limits": {**base["limits"], "requests_per_hour": "lots"}}
+    (dest / "broken_mls.yaml").write_text(yaml.safe_dump(bad_value))
+    (dest / "broken_syntax.yaml").write_text("provider_id: broken_syntax\nfields: [unclosed\n")
+    (dest / "broken_cron.yaml").write_text(yaml.safe_dump({**base, "provider_id": "broken_cron",
+                                                           "schedule": "every four hours"}))
+    (dest / "Demo-Upper.yaml").write_text(yaml.safe_dump({**base, "provider_id": "demo_upper"}))
+    return {"broken_mls.yaml": "limits.requests_per_hour", "broken_syntax.yaml": "not valid YAML",
+            "broken_cron.yaml": "every four hours", "Demo-Upper.yaml": "rename the file"}
+
+
+def test_bad_yamls_fail_only_their_own_dags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = _broken_mappings(tmp_path)
     bag = _bag(monkeypatch, tmp_path)
-    assert "mls_sync__demo_rets" in bag.dags and "mls_sync__demo_reso" in bag.dags
-    assert "mls_sync__broken_mls" not in bag.dags
-    (err,) = bag.import_errors.values()
-    assert "broken_mls.yaml" in err and "limits.requests_per_hour" in err
+    # healthy providers keep both DAGs; mls_sync.py itself has no import error
+    for pid in ("demo_rets", "demo_reso"):
+        assert f"mls_sync__{pid}" in bag.dags and f"mls_status__{pid}" in bag.dags
+    assert not any(path.endswith("mls_sync.py") for path in bag.import_errors), bag.import_errors
+    # each broken provider with a usable id has a DAG that says why and fails if triggered
+    for pid, needle in (("broken_mls", "limits.requests_per_hour"), ("broken_syntax", "not valid YAML"),
+                        ("broken_cron", "every four hours")):
+        d = bag.dags[f"mls_sync__{pid}"]
+        assert "invalid-config" in d.tags and d.schedule is None
+        assert needle in (d.doc_md or "") and d.description.startswith("INVALID CONFIG")
+        assert [t.task_id for t in d.tasks] == ["invalid_config"]
+        assert f"mls_status__{pid}" not in bag.dags
+    # and every broken file is named at once in one import error of the reporting file
+    (path, err), = bag.import_errors.items()
+    assert path.endswith("mls_provider_configs.py")
+    assert "4 provider config(s) invalid" in err
+    for name, needle in broken.items():
+        assert name in err and needle in err, (name, needle)
 
 
 def test_cli_list_import_errors_reports_none() -> None:

@@ -211,23 +211,46 @@ def test_watermark_only_moves_on_success(mls, db) -> None:
     mls.fault("http_error", status=500, count=1000)
     dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
     mls.clear_faults()
-    assert task_states(dr)["fetch"] == "failed"
+    assert task_states(dr)["fetch"] == "failed" and str(dr.state) == "failed"
+    fetch_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "fetch")
+    assert fetch_ti.try_number == 3  # a server error keeps Airflow's retries (task_retries: 2)
     run = last_run(db, "demo_reso")
-    assert run["state"] == "failed" and "fetch" in (run["error_summary"] or "")
+    assert run["state"] == "failed" and run["error_summary"].startswith("fetch failed: ServerError"), run
     status = rows(db, "SELECT * FROM mls_sync_status WHERE provider_id = 'demo_reso'")[0]
     assert status["watermark"] == mark and status["state"] == "failed"
     assert status["consecutive_failures"] == 1
 
 
+def test_a_failure_a_retry_fixed_is_not_the_runs_cause(mls, db) -> None:
+    """A 503 storm that outlasts the client's attempts fails one try of fetch; the task retry
+    succeeds, so the run succeeds in Airflow and in its history, with no failure left on it."""
+    mls.fault("http_error", status=503, count=2)  # request_attempts: 2, so exactly one try fails
+    dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
+    mls.clear_faults()
+    fetch_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "fetch")
+    assert fetch_ti.try_number == 2 and str(fetch_ti.state) == "success"
+    assert str(dr.state) == "success"
+    run = last_run(db, "demo_reso")
+    assert run["state"] == "success" and run["error_summary"] is None
+    assert not (run["report"] or {}).get("failures"), run["report"]
+    _assert_matches_mls(db, mls, list(_expected_active(mls)))
+
+
 def test_missing_mls_connection_fails_the_fetch_and_the_run_is_still_closed(mls, db, monkeypatch) -> None:
     """Only the tasks that talk to the MLS need its connection: without it the run is opened and
-    closed as failed with the reason, instead of no run at all and a failed finalize."""
+    closed as failed with the reason (no retries: none can add the connection), and the Airflow
+    run fails too."""
     monkeypatch.delenv("AIRFLOW_CONN_MLS_DEMO_RESO")
     dr = run_dag("mls_sync__demo_reso", NO_PHOTOS)
     states = task_states(dr)
-    assert states["plan"] == "success" and states["fetch"] == "failed" and states["finalize"] == "success"
+    assert states["plan"] == "success" and states["fetch"] == "failed" and states["finalize"] == "failed"
+    assert str(dr.state) == "failed"
+    fetch_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "fetch")
+    assert fetch_ti.try_number == 1
     run = last_run(db, "demo_reso")
-    assert run["state"] == "failed" and "fetch" in (run["error_summary"] or "")
+    assert run["state"] == "failed"
+    assert run["error_summary"].startswith("fetch failed: ConnectionNotFound: connection 'mls_demo_reso'")
+    assert "airflow connections add mls_demo_reso" in run["error_summary"]
     assert scalar(db, "SELECT count(*) FROM properties") == 0
 
 

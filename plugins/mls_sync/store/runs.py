@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -86,6 +87,23 @@ def merge_into(conn: Connection, t: Tables, sync_id: int, column: str, patch: di
     """Shallow-merge `patch` into one of the run's jsonb columns (stage_state, report, ...)."""
     h = t.mls_sync_history
     conn.execute(h.update().where(h.c.id == sync_id).values({column: _merged(h.c[column], patch)}))
+
+
+def note_failure(conn: Connection, t: Tables, sync_id: int, task: str, cause: dict[str, Any] | None) -> None:
+    """Set (or, with None, clear) why `task` failed on this run: report.failures[task].
+
+    Kept per task and cleared when a retry of it succeeds, so a blip that a retry fixed is not
+    mistaken later for the cause of a failure elsewhere.
+    """
+    h = t.mls_sync_history
+    failures = sa.func.coalesce(h.c.report["failures"], sa.cast({}, h.c.report.type))
+    if cause is None:
+        conn.execute(h.update().where(h.c.id == sync_id, failures.has_key(task)).values(
+            report=h.c.report.op("#-")(sa.cast(["failures", task], ARRAY(sa.Text)))))
+        return
+    conn.execute(h.update().where(h.c.id == sync_id).values(
+        report=h.c.report.op("||")(sa.func.jsonb_build_object(
+            "failures", failures.op("||")(sa.cast({task: cause}, h.c.report.type))))))
 
 
 def record_stage(conn: Connection, t: Tables, sync_id: int, stage: str, seconds: float,

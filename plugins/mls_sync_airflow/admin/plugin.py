@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from airflow.plugins_manager import AirflowPlugin
 
+from mls_sync_airflow import pools
 from mls_sync_airflow.admin.app import create_app
 
 URL_PREFIX = "/mls-sync"
@@ -18,6 +19,7 @@ class MlsSyncPlugin(AirflowPlugin):
     """The dashboard is served by the API server at /mls-sync and embedded in Airflow's UI."""
 
     name = "mls_sync"
+    listeners = [pools]  # the scheduler makes a provider's pool as its first run starts
     fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "MLS Sync dashboard"}]
     external_views = [{
         "name": "MLS Sync",
