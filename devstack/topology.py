@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,9 +158,13 @@ def api_server_cmd(port: int) -> list[str]:
 # ---------------------------------------------------------------- the topology
 
 def worker_hostname() -> str:
-    """Hostname the Celery worker's tasks report (AIRFLOW__CORE__HOSTNAME_CALLABLE in the worker only),
-    so a test can tell tasks that ran on the worker from anything else."""
-    return WORKER_HOSTNAME
+    """Hostname a Celery worker's tasks report (AIRFLOW__CORE__HOSTNAME_CALLABLE in the workers only),
+    so a test can tell which worker ran a task: each worker gets its own in its environment."""
+    return os.environ.get("MLS_TOPOLOGY_WORKER_HOSTNAME", WORKER_HOSTNAME)
+
+
+def worker_hostnames(workers: int) -> list[str]:
+    return [WORKER_HOSTNAME] if workers == 1 else [f"{WORKER_HOSTNAME}-{i + 1}" for i in range(workers)]
 
 
 @dataclass
@@ -277,12 +281,19 @@ def _mappings(dest: Path, providers: tuple[str, ...], media_batch_listings: int 
 @contextmanager
 def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tuple[str, ...] = ("demo_reso",),
              executor: str = "CeleryExecutor", media_batch_listings: int | None = 10,
-             worker_concurrency: int = 2, scheduled: bool = False) -> Iterator[Topology]:
+             worker_concurrency: int = 2, scheduled: bool = False, workers: int = 1,
+             mappings_dir: Path | None = None, extra_env: dict[str, str] | None = None,
+             mock_env: Callable[[str, dict[str, str]], dict[str, str]] | None = None,
+             triggerer: bool = True, parse_interval: int | None = None) -> Iterator[Topology]:
     """Start the whole stack, yield it, and stop every process it started (by process group).
 
     Needs PostgreSQL on 127.0.0.1:5432 (trust auth; MLS_TEST_PG_URL overrides) and, for the
     CeleryExecutor, Redis on 127.0.0.1:6379 (MLS_TOPOLOGY_REDIS_URL overrides; the db is flushed).
     `scheduled=False` keeps the scheduler from creating cron runs, so only triggered runs happen.
+    `mappings_dir` is used as it is (the caller may add and break YAMLs while the stack runs);
+    otherwise copies of `providers` are made. `mock_env(mock_url, credentials)` adds settings that
+    name the mock MLS (more connections to it). `parse_interval` makes the dag-processor re-read the
+    DAG files that often (seconds), so a changed YAML shows quickly.
     """
     from tests.integration.s3_server import CREDENTIALS, REGION, make_bucket, s3_client
 
@@ -325,8 +336,13 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
             "AWS_EC2_METADATA_DISABLED": "true",
             "MLS_MEDIA_STORAGE": json.dumps({"backend": "s3", "bucket": bucket, "endpoint_url": s3_url,
                                              "region_name": REGION, "aws_conn_id": "aws_default"}),
-            "MLS_MAPPINGS_DIR": str(_mappings(home / "mappings", providers, media_batch_listings)),
+            "MLS_MAPPINGS_DIR": str(mappings_dir or _mappings(home / "mappings", providers, media_batch_listings)),
         })
+        if parse_interval:
+            env["AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL"] = str(parse_interval)
+        env.update(extra_env or {})
+        if mock_env:
+            env.update(mock_env(mock["url"], mock["credentials"]))
         if celery:
             env.update({
                 "AIRFLOW__CELERY__BROKER_URL": REDIS_URL,
@@ -351,14 +367,19 @@ def topology(*, listings: int = 60, photos_per_listing: int = 1, providers: tupl
             "scheduler": [AIRFLOW, "scheduler", "--skip-serve-logs"],
             "dag-processor": [AIRFLOW, "dag-processor"],
         }
+        if triggerer:
+            services["triggerer"] = [AIRFLOW, "triggerer", "--skip-serve-logs"]
         for name, cmd in services.items():
             topo.processes[name] = spawn(cmd, env, home / f"{name}.log")
         if celery:
-            worker_env = {**env, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.topology.worker_hostname"}
-            topo.processes["celery-worker"] = spawn(
-                [AIRFLOW, "celery", "worker", "--concurrency", str(worker_concurrency), "--skip-serve-logs",
-                 "--celery-hostname", f"{WORKER_HOSTNAME}@127.0.0.1", "--without-gossip", "--without-mingle"],
-                worker_env, home / "celery-worker.log")
+            for i, hostname in enumerate(worker_hostnames(workers)):
+                worker_env = {**env, "AIRFLOW__CORE__HOSTNAME_CALLABLE": "devstack.topology.worker_hostname",
+                              "MLS_TOPOLOGY_WORKER_HOSTNAME": hostname}
+                name = "celery-worker" if workers == 1 else f"celery-worker-{i + 1}"
+                topo.processes[name] = spawn(
+                    [AIRFLOW, "celery", "worker", "--concurrency", str(worker_concurrency), "--skip-serve-logs",
+                     "--celery-hostname", f"{hostname}@127.0.0.1", "--without-gossip", "--without-mingle"],
+                    worker_env, home / f"{name}.log")
         topo.pids.update({name: p.pid for name, p in topo.processes.items()})
         wait_http(f"{topo.api_url}/api/v2/monitor/health", topo.processes["api-server"], home / "api-server.log")
         yield topo

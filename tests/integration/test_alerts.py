@@ -4,68 +4,28 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import yaml
 
 from devstack import ROOT
+from tests.integration.alert_sinks import alert_connections, smtp_server, text_of, webhook_server
 from tests.integration.dagrun import last_run, point_at, run_dag, task_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
 
-def _text(message) -> str:
-    return "".join(part.get_payload(decode=True).decode() for part in message.walk()
-                   if not part.is_multipart() and part.get_payload(decode=True))
-
-
 @pytest.fixture
 def smtp_inbox():
-    from aiosmtpd.controller import Controller
-
-    class Inbox:
-        def __init__(self) -> None:
-            self.messages: list = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(message_from_bytes(envelope.content))
-            return "250 OK"
-
-    from devstack import free_port
-
-    inbox = Inbox()
-    port = free_port()
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    yield inbox, port
-    controller.stop()
+    with smtp_server() as (inbox, port):
+        yield inbox, port
 
 
 @pytest.fixture
 def webhook():
-    received: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            received.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield received, f"http://127.0.0.1:{server.server_address[1]}/services/T000/B000/XXX"
-    server.shutdown()
-    server.server_close()
+    with webhook_server() as sink:
+        yield sink
 
 
 @pytest.fixture
@@ -78,12 +38,10 @@ def alerting_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp_inb
                           "slack_connection_id": "slack_test", "stale_after_hours": 1}
         data["retry"] = {"task_retries": 2, "retry_delay_seconds": 1, "max_retry_delay_seconds": 2}
         data["limits"] = {**data.get("limits", {}), "request_attempts": 1}
-        (tmp_path / p.name).write_text(yaml.safe_dump(data))
+        (tmp_path / p.name).writetext_of(yaml.safe_dump(data))
     monkeypatch.setenv("MLS_MAPPINGS_DIR", str(tmp_path))
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", json.dumps({
-        "conn_type": "smtp", "host": "127.0.0.1", "port": smtp_port,
-        "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "mls-sync@example.com"}}))
-    monkeypatch.setenv("AIRFLOW_CONN_SLACK_TEST", json.dumps({"conn_type": "slackwebhook", "password": hook_url}))
+    for name, value in alert_connections(smtp_port, hook_url).items():
+        monkeypatch.setenv(name, value)
     yield
     shutil.rmtree(tmp_path, ignore_errors=True)
 
@@ -110,7 +68,7 @@ def test_failed_sync_alerts_email_and_slack(mock_mls_factory, db, db_url, tmp_pa
 
     assert len(inbox.messages) == 1, [m["Subject"] for m in inbox.messages]  # one alert per failed run
     mail = inbox.messages[0]
-    body = _text(mail)
+    body = text_of(mail)
     assert "demo_reso" in mail["Subject"] and "sync failed" in mail["Subject"] and mail["To"] == "oncall@example.com"
     assert mail["From"] == "mls-sync@example.com"  # the SMTP connection's sender, not a made-up one
     for needle in ("Task: fetch", "Error category: auth", "Detail: fetch failed: AuthError", dr.run_id.split("+")[0],
