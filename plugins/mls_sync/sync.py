@@ -485,18 +485,9 @@ def record_failure(ctx: SyncContext, plan: dict[str, Any] | None, task: str, exc
         log.warning("could not record the outcome of %s on run %s", task, plan["sync_id"], exc_info=True)
 
 
-def first_failure(run: dict[str, Any], failed_tasks: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The earliest recorded cause among the tasks that ended failed (any, without that list)."""
-    causes = list(((run.get("report") or {}).get("failures") or {}).values())
-    if failed_tasks:
-        wanted = set(failed_tasks)
-        causes = [c for c in causes if c.get("task") in wanted or c.get("task", "").split("[")[0] in wanted]
-    return min(causes, key=lambda c: c.get("at", "")) if causes else None
-
-
 def failure_summary(run: dict[str, Any], failed_tasks: Sequence[str]) -> str | None:
     """One line for the history row, the card and alerts: the first cause, or the failed tasks."""
-    cause = first_failure(run, failed_tasks)
+    cause = runs.first_failure(run, failed_tasks)
     if cause:
         return f"{cause['task']} failed: {cause['error']}: {cause['message']}"
     return f"failed tasks: {', '.join(failed_tasks)}" if failed_tasks else None
@@ -530,7 +521,7 @@ def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[s
         "dry_run": closed["dry_run"], "duration_seconds": round(closed["duration_seconds"], 2),
         "error_rate": round(error_rate, 4), "error_summary": summary,
         **{k: int(closed[k]) for k in runs.COUNT_COLUMNS}, "status_changes": int(status_changes),
-        "alerts": [], "failure": first_failure(run, failed_tasks) if state == "failed" else None,
+        "alerts": [], "failure": runs.first_failure(run, failed_tasks) if state == "failed" else None,
     }
     # a failed run's alert is the failure itself (sent once per run by the caller)
     if state == "success" and error_rate > p.alerts.max_error_rate and closed["records_fetched"]:
@@ -552,7 +543,7 @@ def run_outcome(ctx: SyncContext, dag_id: str, dag_run_id: str) -> dict[str, Any
     if row is None:
         return None
     return {"sync_id": row["id"], "state": row["state"], "error_summary": row["error_summary"],
-            "failure": first_failure(dict(row))}
+            "failure": runs.first_failure(dict(row))}
 
 
 def mark_cancelled_if_running(ctx: SyncContext, dag_id: str, dag_run_id: str) -> bool:

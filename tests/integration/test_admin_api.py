@@ -265,14 +265,22 @@ def test_overview_last_run_counts_match_database(admin: requests.Session, stack:
 def test_trigger_dry_run_appears_in_airflow_then_refused_cancel_and_rate_limit(
         admin: requests.Session, stack: Stack) -> None:
     r = admin.post(_url(stack, f"/api/providers/{PROVIDER}/trigger"), timeout=60,
-                   json={"mode": "partial", "listing_keys": "K1, K2", "dry_run": True, "include_photos": False})
+                   json={"listing_keys": "K1, K2", "cities": "Austin\nRound Rock", "dry_run": True,
+                         "modified_since": "2026-01-02T03:04", "include_photos": False})
     assert r.status_code == 201, r.text
+    assert r.json()["message"].startswith("Queued dry-run partial sync")
     run_id = r.json()["run_id"]
     runs = admin.get(f"{stack.base_url}/api/v2/dags/{DAG_ID}/dagRuns", timeout=30).json()["dag_runs"]
     ours = next(x for x in runs if x["dag_run_id"] == run_id)
     assert ours["state"] == "queued" and ours["run_type"] == "manual"
     assert ours["triggering_user_name"] == "admin"
     assert ours["conf"]["dry_run"] is True and ours["conf"]["listing_keys"] == ["K1", "K2"]
+    # the same options, under the same names, as the DAG's trigger form (its Params)
+    assert ours["conf"]["cities"] == ["Austin", "Round Rock"]
+    assert ours["conf"]["modified_since"] == "2026-01-02T03:04:00Z"
+    from mls_sync.run_options import PARAM_SCHEMAS
+
+    assert set(ours["conf"]) == set(PARAM_SCHEMAS)
 
     again = admin.post(_url(stack, f"/api/providers/{PROVIDER}/trigger"), json={"dry_run": True}, timeout=60)
     assert again.status_code == 409
@@ -290,9 +298,11 @@ def test_trigger_dry_run_appears_in_airflow_then_refused_cancel_and_rate_limit(
 
 def test_bad_trigger_input_and_csrf_guards(admin: requests.Session, stack: Stack) -> None:
     url = _url(stack, f"/api/providers/{PROVIDER}/trigger")
-    assert admin.post(url, json={"mode": "partial"}, timeout=30).status_code == 400
-    assert admin.post(url, json={"mode": "partial", "listing_keys": "bad key;DROP"}, timeout=30).status_code == 400
-    assert admin.post(url, json={"mode": "sideways"}, timeout=30).status_code == 422
+    partial = admin.post(url, json={"mode": "partial"}, timeout=30)  # the DAG's Params have no such mode
+    assert partial.status_code == 400 and "mode" in partial.json()["detail"], partial.text
+    assert admin.post(url, json={"listing_keys": "bad key;DROP"}, timeout=30).status_code == 400
+    assert admin.post(url, json={"mode": "sideways"}, timeout=30).status_code == 400
+    assert admin.post(url, json={"colour": "red"}, timeout=30).status_code == 400
     assert admin.post(url, data="mode=full", headers={"Content-Type": "application/x-www-form-urlencoded"},
                       timeout=30).status_code == 415
     assert admin.post(url, json={}, headers={"Origin": "https://evil.example"}, timeout=30).status_code == 403
@@ -361,3 +371,45 @@ def test_mls_text_is_escaped(admin: requests.Session, stack: Stack, migrated_eng
         assert XSS not in r.text
         assert "&lt;script&gt;alert(" in r.text
         assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+
+
+def test_a_failed_runs_cause_who_and_filters_are_shown(admin: requests.Session, stack: Stack,
+                                                       migrated_engine: sa.Engine) -> None:
+    """The cause (first failing task, error class, message) on the card, the run page and the
+    history; a partial run's filters and who triggered it in the history and on the run page.
+    Must stay this module's last test: it leaves the provider's last run failed."""
+    from mls_sync import sync
+    from mls_sync.config import find_provider
+    from mls_sync.sources.base import AuthError
+
+    ctx = sync.SyncContext(provider=find_provider(PROVIDER), db=migrated_engine, mls=lambda: None)
+    plan = sync.plan(ctx, dag_id=DAG_ID, dag_run_id="manual__cause", trigger="manual", triggered_by="agent7",
+                     conf={"listing_keys": ["K9", "K10"], "cities": ["Round Rock"], "include_photos": False})
+    sync.record_failure(ctx, plan, "fetch", AuthError("Login: RETS ReplyCode 20036 Invalid username or password"))
+    closed = sync.finalize(ctx, plan, ["fetch"])
+    assert closed["state"] == "failed"
+    cause = "fetch failed: AuthError (auth): Login: RETS ReplyCode 20036 Invalid username or password"
+
+    card = next(p for p in admin.get(_url(stack, "/api/overview"), timeout=30).json()["providers"]
+                if p["provider_id"] == PROVIDER)
+    assert card["last_run"]["cause"]["error"] == "AuthError" and card["last_run"]["cause"]["task"] == "fetch"
+    overview = admin.get(_url(stack, "/"), timeout=30).text
+    assert "Cause: " in overview and _text_of_html(cause) in _text_of_html(overview)
+
+    run_page = admin.get(_url(stack, f"/runs/{plan['sync_id']}"), timeout=30).text
+    assert _text_of_html(cause) in _text_of_html(run_page)
+    assert "manual · agent7" in run_page and "keys K9, K10; cities Round Rock" in run_page
+
+    history = admin.get(_url(stack, "/api/history"), params={"provider": PROVIDER}, timeout=30).json()
+    row = next(r for r in history["rows"] if r["id"] == plan["sync_id"])
+    assert row["triggered_by"] == "agent7" and row["filters"] == "keys K9, K10; cities Round Rock"
+    assert row["cause"]["message"].startswith("Login: RETS ReplyCode 20036")
+    page = admin.get(_url(stack, "/history"), params={"provider": PROVIDER}, timeout=30).text
+    assert "keys K9, K10; cities Round Rock" in page and _text_of_html(cause) in _text_of_html(page)
+
+
+def _text_of_html(html: str) -> str:
+    """Page text without tags and with collapsed spaces, to find a sentence split by markup."""
+    import re
+
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html))

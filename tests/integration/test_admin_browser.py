@@ -46,7 +46,9 @@ def data(migrated_engine: sa.Engine) -> dict[str, Any]:
     run = real_sync(migrated_engine)
     conflict_id, key = make_conflict(migrated_engine, index=3)
     error_id = make_error(migrated_engine, "browser-dead-1", dead=True)
-    return {"run": run, "conflict_id": conflict_id, "conflict_key": key, "error_id": error_id}
+    dismiss_id = make_error(migrated_engine, "browser-dismiss-1", dead=False)
+    return {"run": run, "conflict_id": conflict_id, "conflict_key": key, "error_id": error_id,
+            "dismiss_id": dismiss_id}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +72,10 @@ def logged_in(browser: Any, stack: Stack) -> Iterator[Any]:
     """A desktop page signed in through Airflow's own login form (the simple auth manager's)."""
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
-    page.on("dialog", lambda d: d.accept())
+    # No action may depend on a browser dialog: Airflow's iframe has no allow-modals, where
+    # confirm() returns false without showing anything. Any dialog is recorded and refused.
+    page.dialogs = []
+    page.on("dialog", lambda d: (page.dialogs.append(d.message), d.dismiss()))
     page.goto(f"{stack.base_url}/")
     page.wait_for_url(re.compile(r".*/auth/login.*"), timeout=60_000)
     page.get_by_label("Username").fill("admin")
@@ -92,6 +97,26 @@ def _flash(page: Any) -> str:
     flash = page.locator("#flash")
     flash.wait_for(state="visible", timeout=30_000)
     return flash.inner_text()
+
+
+def _in_airflow(page: Any, stack: Stack, path: str = "") -> Any:
+    """The dashboard inside Airflow's own page (its sandboxed iframe), at `path`: the Frame."""
+    page.goto(f"{stack.base_url}/plugin/mls-sync")
+    page.frame_locator("iframe").locator("main").wait_for(timeout=60_000)
+    sandbox = page.locator("iframe").get_attribute("sandbox") or ""
+    assert "allow-scripts" in sandbox and "allow-modals" not in sandbox, sandbox  # why confirm() cannot work
+    frame = next(f for f in page.main_frame.child_frames if "/mls-sync/" in f.url)
+    frame.goto(f"{stack.base_url}/mls-sync/{path}")
+    frame.locator("main").wait_for()
+    return frame
+
+
+def _confirm(frame: Any, control: Any, yes: str) -> None:
+    """Click a guarded action, check it only asked (in the page), then say yes."""
+    control.click()
+    box = frame.locator(".confirm-box")
+    box.wait_for(timeout=10_000)
+    box.get_by_role("button", name=yes).click()
 
 
 def test_login_nav_and_last_run_counts_match_database(logged_in: Any, stack: Stack, data: dict[str, Any],
@@ -130,6 +155,39 @@ def test_trigger_dry_run_shows_in_airflow_runs(logged_in: Any, stack: Stack, art
     page.locator(f'.card[data-provider="{PROVIDER}"] form.sync-form button[type="submit"]').click()
     refused = _flash(page)
     assert "Refused (409)" in refused and "already queued" in refused
+
+    # inside Airflow's page: the badge says what Airflow says, and Cancel asks in the page, then works
+    frame = _in_airflow(page, stack, f"actions?provider={PROVIDER}")
+    card = frame.locator(f'.card[data-provider="{PROVIDER}"]')
+    assert "queued" in card.locator('[data-field="display_state"]').inner_text()
+    cancel = card.get_by_role("button", name="Cancel running sync")
+    cancel.click()
+    frame.locator(".confirm-box").wait_for(timeout=10_000)
+    page.screenshot(path=str(artifacts_dir / "dashboard-cancel-confirm-in-airflow-1280.png"))
+    frame.locator(".confirm-box").get_by_role("button", name="No").click()  # "No" cancels nothing
+    assert frame.locator(".confirm-box").count() == 0 and cancel.is_visible()
+    _confirm(frame, cancel, "Yes, cancel running sync")
+    assert f"Cancelled run {run_id}" in _flash(frame)
+    state = stack.session("admin").get(f"{stack.base_url}/api/v2/dags/{DAG_ID}/dagRuns/{run_id}",
+                                       timeout=30).json()["state"]
+    assert state == "failed"
+    assert page.dialogs == []
+
+
+def test_dismiss_inside_airflows_page(logged_in: Any, stack: Stack, data: dict[str, Any],
+                                      migrated_engine: sa.Engine) -> None:
+    from mls_sync.store.tables import tables
+
+    page = logged_in
+    frame = _in_airflow(page, stack, "errors?state=retrying")
+    row = frame.locator(f'tr[data-error-id="{data["dismiss_id"]}"]')
+    _confirm(frame, row.get_by_role("button", name="Dismiss"), "Yes, dismiss")
+    assert "1 error(s) dismissed" in _flash(frame)
+    e = tables(migrated_engine).mls_sync_errors
+    with migrated_engine.connect() as c:
+        err = c.execute(sa.select(e).where(e.c.id == data["dismiss_id"])).mappings().one()
+    assert err["resolution"] == "dismissed by admin" and err["resolved_at"] is not None
+    assert page.dialogs == []
 
 
 def test_resolve_conflict_take_mls(logged_in: Any, stack: Stack, data: dict[str, Any],

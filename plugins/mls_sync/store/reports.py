@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from mls_sync.store.runs import COUNT_COLUMNS
+from mls_sync.store.runs import COUNT_COLUMNS, first_failure
 from mls_sync.store.tables import Tables
 
 ERROR_STATES = ("retrying", "dead_letter", "resolved")
@@ -52,6 +52,35 @@ def run_counts(run: dict[str, Any]) -> dict[str, int]:
     return {k: int(run.get(k) or 0) for k in COUNT_COLUMNS}
 
 
+FILTER_LABELS = (("listing_keys", "keys"), ("postal_codes", "postal codes"), ("cities", "cities"),
+                 ("modified_since", "modified since"))
+
+
+def run_filters(conf: dict[str, Any] | None) -> str | None:
+    """What a manual run was limited to, in a few words ("keys A1, A2; cities Austin")."""
+    parts = []
+    for key, label in FILTER_LABELS:
+        value = (conf or {}).get(key)
+        if not value:
+            continue
+        items = value if isinstance(value, list) else [value]
+        shown = ", ".join(str(v) for v in items[:5]) + (f" and {len(items) - 5} more" if len(items) > 5 else "")
+        parts.append(f"{label} {shown}")
+    return "; ".join(parts) or None
+
+
+def run_cause(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The first failure recorded on a failed run: task, error class, category, message."""
+    return first_failure(run) if run.get("state") == "failed" else None
+
+
+def _with_who_and_why(out: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    out["filters"] = run_filters(run.get("conf"))
+    out["triggered_by"] = (run.get("report") or {}).get("triggered_by")
+    out["cause"] = run_cause(run)
+    return out
+
+
 def _run_summary(run: dict[str, Any] | None) -> dict[str, Any] | None:
     if run is None:
         return None
@@ -59,7 +88,7 @@ def _run_summary(run: dict[str, Any] | None) -> dict[str, Any] | None:
             "finished_at", "duration_seconds", "error_summary")
     out = {k: run.get(k) for k in keep}
     out["counts"] = run_counts(run)
-    return out
+    return _with_who_and_why(out, run)
 
 
 def overview(conn: Connection, t: Tables, provider_ids: Sequence[str] | None = None,
@@ -112,7 +141,8 @@ def history_page(conn: Connection, t: Tables, provider_ids: Sequence[str] | None
     """Runs newest first, one page at a time, optionally for one provider or one outcome."""
     h = t.mls_sync_history
     cols = [h.c[k] for k in ("id", "provider_id", "dag_id", "dag_run_id", "mode", "trigger", "dry_run", "state",
-                             "started_at", "finished_at", "duration_seconds", "error_summary", *COUNT_COLUMNS)]
+                             "started_at", "finished_at", "duration_seconds", "error_summary", "conf", "report",
+                             *COUNT_COLUMNS)]
     q = sa.select(*cols).where(_allowed(h.c.provider_id, provider_ids))
     if provider_id:
         q = q.where(h.c.provider_id == provider_id)
@@ -121,6 +151,8 @@ def history_page(conn: Connection, t: Tables, provider_ids: Sequence[str] | None
     out = _paged(conn, q.order_by(h.c.started_at.desc(), h.c.id.desc()), page, per_page)
     for r in out["rows"]:
         r["counts"] = run_counts(r)
+        _with_who_and_why(r, r)
+        del r["report"]  # previews and notes: the run page shows them
     return out
 
 
@@ -142,6 +174,7 @@ def run_detail(conn: Connection, t: Tables, run_id: int,
     run = dict(row)
     run["counts"] = run_counts(run)
     run["timings"] = stage_timings(run)
+    _with_who_and_why(run, run)
     errs = conn.execute(sa.select(e).where(e.c.sync_id == run_id, e.c.provider_id == run["provider_id"])
                         .order_by(e.c.last_seen_at.desc(), e.c.id.desc()).limit(500)).mappings()
     run["errors"] = [_error_row(dict(r)) for r in errs]

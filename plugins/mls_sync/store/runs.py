@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,6 +105,16 @@ def note_failure(conn: Connection, t: Tables, sync_id: int, task: str, cause: di
     conn.execute(h.update().where(h.c.id == sync_id).values(
         report=h.c.report.op("||")(sa.func.jsonb_build_object(
             "failures", failures.op("||")(sa.cast({task: cause}, h.c.report.type))))))
+
+
+def first_failure(run: dict[str, Any], tasks: Sequence[str] = ()) -> dict[str, Any] | None:
+    """The earliest cause note_failure kept among `tasks` (`media` stands for all its batches),
+    or among all tasks when none are named."""
+    causes = list(((run.get("report") or {}).get("failures") or {}).values())
+    if tasks:
+        wanted = set(tasks)
+        causes = [c for c in causes if c.get("task") in wanted or str(c.get("task", "")).split("[")[0] in wanted]
+    return min(causes, key=lambda c: c.get("at", "")) if causes else None
 
 
 def record_stage(conn: Connection, t: Tables, sync_id: int, stage: str, seconds: float,

@@ -85,6 +85,44 @@ def dag_states(dag_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def existing_pools(names: Iterable[str]) -> set[str]:
+    """Which of these Airflow pools exist."""
+    from airflow.models.pool import Pool
+    from airflow.utils.session import create_session
+
+    wanted = list(names)
+    with create_session() as session:
+        return set(session.scalars(select(Pool.pool).where(Pool.pool.in_(wanted)))) if wanted else set()
+
+
+_CONNECTION_SEEN: dict[str, tuple[float, bool]] = {}
+CONNECTION_CHECK_SECONDS = 60.0
+
+
+def connection_defined(conn_id: str) -> bool:
+    """Whether Airflow can find this connection (its database or a secrets backend), remembered for a
+    minute: the overview refreshes every few seconds and a secrets backend may be a remote service."""
+    import time
+
+    from airflow.exceptions import AirflowNotFoundException
+    from airflow.models.connection import Connection
+
+    now = time.monotonic()
+    seen = _CONNECTION_SEEN.get(conn_id)
+    if seen and now - seen[0] < CONNECTION_CHECK_SECONDS:
+        return seen[1]
+    try:
+        Connection.get_connection_from_secrets(conn_id)
+        found = True
+    except AirflowNotFoundException:
+        found = False
+    except Exception:  # a secrets backend that is down says nothing about the connection
+        log.warning("could not look up connection %s", conn_id, exc_info=True)
+        return True
+    _CONNECTION_SEEN[conn_id] = (now, found)
+    return found
+
+
 def _active_run(session: Any, dag_id: str) -> Any:
     from airflow.models import DagRun
 

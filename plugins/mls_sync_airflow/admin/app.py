@@ -199,11 +199,35 @@ def as_json(data: Any, status_code: int = 200, headers: dict[str, str] | None = 
 
 # ---------------------------------------------------------------- overview
 
-def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], user: Any) -> dict[str, Any]:
+def setup_notes(p: Provider, pools: set[str]) -> dict[str, list[str]]:
+    """What Airflow itself would not say on this page: problems that keep a valid provider from
+    syncing, and notes on what happens by itself."""
+    out: dict[str, list[str]] = {"problems": [], "notes": []}
+    if p.config is None:
+        return out
+    if not airflow_ops.connection_defined(p.config.connection_id):
+        out["problems"].append(
+            f"MLS connection {p.config.connection_id!r} is not defined in Airflow: add it (Admin > Connections, "
+            f"or `airflow connections add {p.config.connection_id} ...`); syncs fail until then.")
+    if p.config.pool() not in pools:
+        out["notes"].append(f"Pool {p.config.pool()!r} does not exist yet: the scheduler makes it from the YAML "
+                            f"({p.config.limits.pool_slots} slots) when the provider's first run starts.")
+    return out
+
+
+def _display_state(state: str, active: Any) -> str:
+    """The badge: our own state, unless Airflow already has a run of it queued or running
+    (before `plan` marks the provider running, ours still says idle or failed)."""
+    if state == "running" or active is None:
+        return state
+    return "queued" if active.state == "queued" else "running"
+
+
+def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], user: Any,
+          pools: set[str]) -> dict[str, Any]:
     s = status_row or {}
     state = s.get("state") or ("disabled" if not p.enabled else "idle")
     active = dag.get("active_run")
-    queued = state != "running" and active is not None and active.state == "queued"
     last = s.get("last_run")
     latest_airflow = dag.get("latest_run")
     last_run_id = (last or {}).get("dag_run_id") or (latest_airflow.run_id if latest_airflow else None)
@@ -212,7 +236,8 @@ def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], u
     card.update({k: s.get(k, 0) for k in ("errors_24h", "open_errors", "dead_letters", "open_conflicts")})
     card.update(
         provider_id=p.provider_id, name=p.name, protocol=p.protocol.upper(), dag_id=p.dag_id, schedule=p.schedule,
-        config_error=p.config_error, state=state, display_state="queued" if queued else state,
+        config_error=p.config_error, state=state, display_state=_display_state(state, active),
+        setup=setup_notes(p, pools),
         paused=dag.get("is_paused"), known_to_airflow=dag.get("known"),
         progress=s.get("progress") or {}, last_run=last, next_run_after=dag.get("next_run_after"),
         next_run_due=bool(dag.get("next_run_after") and dag["next_run_after"] <= datetime.now(UTC)),
@@ -228,34 +253,11 @@ def overview_cards(user: Any) -> list[dict[str, Any]]:
     with engine.connect() as conn:
         rows = reports.overview(conn, t, [p.provider_id for p in providers])
     dags = airflow_ops.dag_states(p.dag_id for p in providers)
-    return [_card(p, rows.get(p.provider_id), dags[p.dag_id], user) for p in providers]
+    pools = airflow_ops.existing_pools(p.config.pool() for p in providers if p.config is not None)
+    return [_card(p, rows.get(p.provider_id), dags[p.dag_id], user, pools) for p in providers]
 
 
 # ---------------------------------------------------------------- request bodies
-
-class TriggerBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["incremental", "full", "partial"] = "incremental"
-    listing_keys: list[str] | str = Field(default_factory=list)
-    postal_codes: list[str] | str = Field(default_factory=list)
-    dry_run: bool = False
-    include_photos: bool = True
-
-    def to_conf(self) -> dict[str, Any]:
-        """The DAG run conf, validated by the same RunOptions the DAG's plan task uses."""
-        raw: dict[str, Any] = {"dry_run": self.dry_run, "include_photos": self.include_photos}
-        if self.mode == "partial":
-            raw.update(mode="auto", listing_keys=self.listing_keys or None, postal_codes=self.postal_codes or None)
-        else:
-            raw["mode"] = self.mode
-        opts = RunOptions.from_conf(raw)
-        if self.mode == "partial" and not opts.partial:
-            raise RunOptionsError("a partial sync needs listing keys or postal codes")
-        return {"mode": opts.mode, "listing_keys": list(opts.listing_keys) or None,
-                "postal_codes": list(opts.postal_codes) or None, "dry_run": opts.dry_run,
-                "include_photos": opts.include_photos}
-
 
 class IdsBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -432,22 +434,28 @@ def _provider_for(user: Any, provider_id: str, action: Literal["trigger", "cance
 
 
 @actions.post("/providers/{provider_id}/trigger")
-def trigger_sync(provider_id: str, user: User, body: Annotated[TriggerBody, Body()]) -> JSONResponse:
-    """Queue the provider's sync DAG with this conf, through Airflow (it shows in the grid)."""
+def trigger_sync(provider_id: str, user: User, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    """Queue the provider's sync DAG with this conf, through Airflow (it shows in the grid).
+
+    The body is the run's conf, checked by the same RunOptions the DAG's plan task and its trigger
+    form use: one set of options, refused here before a run exists.
+    """
     provider = _provider_for(user, provider_id, "trigger")
     if provider.config is None:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, f"Provider config is invalid: {provider.config_error}")
     try:
-        conf = body.to_conf()
+        opts = RunOptions.from_conf(body)
     except RunOptionsError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    conf = opts.model_dump(mode="json")
     try:
         ref = airflow_ops.trigger(provider.dag_id, conf, user_name(user), min_trigger_interval())
     except airflow_ops.ActionRefused as exc:
         return as_json({"ok": False, "detail": exc.message}, exc.status,
                        airflow_ops.retry_after_header(exc.retry_after))
-    kind = "dry-run " if conf["dry_run"] else ""
-    return as_json({"ok": True, "message": f"Queued {kind}{body.mode} sync: run {ref.run_id}", "dag_id": ref.dag_id,
+    kind = "dry-run " if opts.dry_run else ""
+    mode = "partial" if opts.partial else ("incremental" if opts.mode == "auto" else opts.mode)
+    return as_json({"ok": True, "message": f"Queued {kind}{mode} sync: run {ref.run_id}", "dag_id": ref.dag_id,
                     "run_id": ref.run_id, "state": ref.state, "conf": conf,
                     "run_url": run_url(ref.dag_id, ref.run_id)}, status.HTTP_201_CREATED)
 

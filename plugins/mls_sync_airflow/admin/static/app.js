@@ -28,9 +28,39 @@
     return { ok: resp.ok, status: resp.status, message: String(detail), data: data };
   }
 
+  // Asks in the page itself: Airflow shows this view in a sandboxed iframe without allow-modals,
+  // where window.confirm() returns false at once without showing anything.
+  function confirmInPage(control, question) {
+    return new Promise((resolve) => {
+      const box = document.createElement("span");
+      box.className = "confirm-box";
+      box.setAttribute("role", "alertdialog");
+      const text = document.createElement("span");
+      text.textContent = question;
+      const yes = document.createElement("button");
+      yes.type = "button";
+      yes.className = "danger";
+      const label = control.textContent.trim();
+      yes.textContent = "Yes, " + label.charAt(0).toLowerCase() + label.slice(1);
+      yes.setAttribute("data-confirm-yes", "");
+      const no = document.createElement("button");
+      no.type = "button";
+      no.className = "secondary";
+      no.textContent = "No";
+      no.setAttribute("data-confirm-no", "");
+      box.append(text, yes, no);
+      control.hidden = true;
+      control.after(box);
+      yes.focus();
+      const done = (ok) => { box.remove(); control.hidden = false; resolve(ok); };
+      yes.addEventListener("click", (e) => { e.stopPropagation(); done(true); });
+      no.addEventListener("click", (e) => { e.stopPropagation(); done(false); });
+    });
+  }
+
   async function act(control, url, body) {
     const ask = control.getAttribute("data-confirm");
-    if (ask && !window.confirm(ask)) return;
+    if (ask && !(await confirmInPage(control, ask))) return;
     control.disabled = true;
     try {
       const r = await post(url, body);
