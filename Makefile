@@ -10,7 +10,6 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
-export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
 .PHONY: demo test venv airflow-db bench lint compose-config psql clean
@@ -27,6 +26,7 @@ bench: venv airflow-db
 venv: $(STAMP)
 
 $(STAMP): requirements.txt constraints.txt pyproject.toml
+	@echo "Installing the pinned requirements into $(VENV) (the first time takes a few minutes)..."
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -c constraints.txt

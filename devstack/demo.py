@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,23 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _quiet_logs() -> None:
+    """Airflow's own chatter off; the engine's progress lines (stages, pages, batches, photos) on."""
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    # dag.test() runs tasks through Starlette's test client, which warns about its own httpx use
+    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for name in ("airflow", "sqlalchemy", "urllib3", "botocore"):
+    for name in ("airflow", "sqlalchemy", "urllib3", "botocore", "pgserver"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _show_progress() -> None:
+    """Print the engine's INFO lines as they happen: called after Airflow has set up its logging."""
+    engine_log = logging.getLogger("mls_sync")
+    engine_log.setLevel(logging.INFO)
+    engine_log.propagate = False
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("   %(message)s"))
+    engine_log.handlers = [handler]
 
 
 def _database(stack: ExitStack, data_dir: Path) -> str:
@@ -107,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         from mls_sync.config import sync_dag_id
 
         bag = DagBag(dag_folder=str(ROOT / "dags"))
+        _show_progress()
         if bag.import_errors:
             for path, error in bag.import_errors.items():
                 print(f"DAG import error in {path}: {error}", file=sys.stderr)
@@ -114,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         failures = 0
         for pid in args.providers:
             dag = bag.get_dag(sync_dag_id(pid))
+            print(f"\n== {pid}: running its sync DAG {dag.dag_id} with dag.test()", flush=True)
             started = time.monotonic()
             dag.test()
             wall = time.monotonic() - started
@@ -121,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             totals = _totals(pid)
             ok = h.get("state") == "success"
             failures += not ok
-            print(f"\n== {pid}: {h.get('mode')} sync {h.get('state')} in {wall:.1f}s "
+            print(f"== {pid}: {h.get('mode')} sync {h.get('state')} in {wall:.1f}s "
                   f"(run {h.get('dag_run_id')})")
             print(f"   fetched {h.get('records_fetched')} records in {h.get('pages_fetched')} pages, "
                   f"{h.get('requests')} MLS requests")

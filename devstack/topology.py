@@ -74,7 +74,7 @@ def api_server_env(home: Path, port: int, passwords_file: Path, users: str = "ad
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_hex(24),
         "AIRFLOW__API__SECRET_KEY": secrets.token_hex(24),
-        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",  # Airflow's default: what operators see in task logs
         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}",
     })
     return env

@@ -83,7 +83,7 @@ def provider_from_args(args: argparse.Namespace) -> ProviderConfig:
 def open_from_args(args: argparse.Namespace) -> Source:
     """--provider NAME (YAML + AIRFLOW_CONN_<ID>) or explicit --login-url arguments."""
     from mls_sync.config import ConfigError
-    from mls_sync.connections import ConnectionNotFound, from_env
+    from mls_sync.connections import ConnectionNotFound, lookup
     from mls_sync.sources import open_source
 
     try:
@@ -91,7 +91,7 @@ def open_from_args(args: argparse.Namespace) -> Source:
             raise UsageError("use either --provider or --login-url, not both")
         if args.provider:
             provider = provider_from_args(args)
-            conn = from_env(provider.connection_id)
+            conn = lookup(provider.connection_id)
         elif args.login_url:
             provider, conn = _explicit_provider(args)
         else:
@@ -231,7 +231,7 @@ def add_photos(sub: argparse._SubParsersAction) -> None:
 def cmd_sync(args: argparse.Namespace, source: Source) -> int:
     """One whole sync run with the engine, no Airflow: the DAG's stages in the DAG's order."""
     from mls_sync import media, sync
-    from mls_sync.connections import from_env
+    from mls_sync.connections import lookup
     from mls_sync.objectstore import storage_settings, store_from_settings
     from mls_sync.run_options import RunOptionsError
     from mls_sync.store.db import DatabaseConfigError, get_engine, migrate
@@ -244,7 +244,7 @@ def cmd_sync(args: argparse.Namespace, source: Source) -> int:
     except DatabaseConfigError as exc:
         raise UsageError(str(exc)) from None
     migrate(engine)
-    ctx = sync.SyncContext(provider=cfg, db=engine, mls=from_env(cfg.connection_id))
+    ctx = sync.SyncContext(provider=cfg, db=engine, mls=lookup(cfg.connection_id))
     conf: dict[str, Any] = {"mode": args.mode, "dry_run": args.dry_run, "include_photos": not args.no_photos,
                             "listing_keys": args.listing or None, "postal_codes": args.postal_code or None}
     run_id = f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"

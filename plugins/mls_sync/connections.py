@@ -1,14 +1,18 @@
 """Connection details for an MLS, the same shape whether Airflow or the environment supplies them.
 
 In Airflow the hook (`mls_sync_airflow.hooks`) fills a `Connection` from Airflow's connection
-store; on the CLI we read Airflow's own `AIRFLOW_CONN_<ID>` variable (URI or JSON form), so one
-definition serves both without the engine importing Airflow.
+store. The CLI reads Airflow's own `AIRFLOW_CONN_<ID>` variable (URI or JSON form) and, when that
+is not set and Airflow is installed, asks Airflow's CLI (`airflow connections get`, which reads its
+database and secrets backends), so one definition serves both without the engine importing Airflow.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -115,3 +119,57 @@ def from_env(conn_id: str, environ: dict[str, str] | None = None) -> Connection:
     if raw.startswith("{"):
         return from_mapping(conn_id, json.loads(raw))
     return _from_uri(conn_id, raw)
+
+
+AIRFLOW_LOOKUP_SECONDS = 120
+
+
+def airflow_command() -> str | None:
+    """Airflow's CLI: the one installed beside this Python (the same virtualenv), else on PATH."""
+    beside = os.path.join(os.path.dirname(sys.executable), "airflow")
+    if os.access(beside, os.X_OK):
+        return beside
+    return shutil.which("airflow")
+
+
+def from_airflow(conn_id: str) -> Connection | None:
+    """The connection as Airflow resolves it (its database, then its secrets backends), through its
+    CLI in a child process; None when Airflow is not installed or does not know the connection.
+
+    What the child prints holds the password: it is parsed, never logged or put into an error.
+    """
+    command = airflow_command()
+    if command is None:
+        return None
+    try:
+        done = subprocess.run([command, "connections", "get", conn_id, "--output", "json"], capture_output=True,
+                              text=True, timeout=AIRFLOW_LOOKUP_SECONDS, env=os.environ.copy())
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ConnectionNotFound(f"connection {conn_id!r}: asking Airflow failed ({type(exc).__name__}); "
+                                 f"set AIRFLOW_CONN_{conn_id.upper()} instead") from None
+    if done.returncode != 0:
+        if "not found" in done.stderr.lower():
+            return None
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1][:300]
+        raise ConnectionNotFound(f"connection {conn_id!r}: `airflow connections get` failed ({last}); "
+                                 f"is Airflow configured here (AIRFLOW_HOME)? Or set AIRFLOW_CONN_{conn_id.upper()}")
+    try:
+        data = json.loads(done.stdout[done.stdout.index("["):])[0]
+    except (ValueError, IndexError, KeyError):
+        raise ConnectionNotFound(f"connection {conn_id!r}: could not read what Airflow answered") from None
+    return from_mapping(conn_id, {**data, "extra": data.get("extra_dejson") or {}})
+
+
+def lookup(conn_id: str, environ: dict[str, str] | None = None) -> Connection:
+    """`AIRFLOW_CONN_<ID>` when set, else Airflow's own connection store (for the CLI)."""
+    try:
+        return from_env(conn_id, environ)
+    except ConnectionNotFound:
+        found = from_airflow(conn_id)
+        if found is not None:
+            return found
+        where = " (Airflow was asked too)" if airflow_command() else ""
+        raise ConnectionNotFound(
+            f"connection {conn_id!r} not found{where}: set AIRFLOW_CONN_{conn_id.upper()} (Airflow URI or JSON "
+            f"form) or define it in Airflow (Admin > Connections, or `airflow connections add {conn_id} ...`)"
+        ) from None

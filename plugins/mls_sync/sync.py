@@ -74,6 +74,12 @@ class SyncContext:
         return source
 
 
+def rate(count: int, started: float | None) -> str:
+    """`n records/s` since `started` (monotonic), for progress lines in task logs."""
+    elapsed = time.monotonic() - started if started else 0.0
+    return f"{count / elapsed:,.0f} records/s" if elapsed > 0 else "-"
+
+
 def _iso(dt: datetime | None) -> str | None:
     return dt.isoformat() if dt else None
 
@@ -154,7 +160,7 @@ def _key_of(key_field: str, rec: dict[str, Any]) -> str | None:
 
 
 def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, Any]],
-               cursor: dict[str, Any] | None, number: int, totals: dict[str, int]) -> None:
+               cursor: dict[str, Any] | None, number: int, totals: dict[str, Any]) -> None:
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     key_field = p.roles().key
     keyed, keyless = [], []
@@ -178,6 +184,9 @@ def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, A
         runs.update_history(c, t, sid, **values)
         runs.mark_running(c, t, p.provider_id, sid, "fetch",
                           {"pages": totals["pages"], "records": totals["records"]})
+    log.info("fetch: page %d landed %d records%s; %d in %d pages so far (%s)", number, len(keyed),
+             f", {len(keyless)} without {key_field}" if keyless else "", totals["records"], totals["pages"],
+             rate(totals["records"] - totals.get("records_at_start", 0), totals.get("started")))
 
 
 def _source_time_zone(source: Source) -> str | None:
@@ -216,7 +225,8 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         run = runs.get_run(c, ctx.t, sid)
     cursor = run["fetch_cursor"]
     totals = {"pages": run["pages_fetched"] if cursor else 0,
-              "records": run["records_fetched"] if cursor else 0, "keyless": 0}
+              "records": run["records_fetched"] if cursor else 0, "keyless": 0, "started": time.monotonic()}
+    totals["records_at_start"] = totals["records"]
     resumed = bool(cursor)
     with _stage(ctx, plan, "fetch") as extra, ctx.source() as source:
         if not (cursor or {}).get("done"):
@@ -241,8 +251,9 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             if tz:
                 runs.merge_into(c, ctx.t, sid, "stage_state", {"source_time_zone": tz})
         extra["fetch_resumed"] = resumed
-    log.info("fetch: sync %s landed %d records in %d pages (%d without a key)", sid, totals["records"],
-             totals["pages"], totals["keyless"])
+    log.info("fetch: sync %s landed %d records in %d pages (%d without a key), %s", sid, totals["records"],
+             totals["pages"], totals["keyless"],
+             rate(totals["records"] - totals["records_at_start"], totals["started"]))
     return {"pages": totals["pages"], "records": totals["records"], "resumed": resumed,
             "requests": requests}
 
@@ -271,6 +282,7 @@ class LoadProgress:
     # error stages open when the load began; a record appears once per run, so errors this run
     # records never need resolving later in it
     open_error_stages: set[str] | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 def _is_removal(rec: dict[str, Any], deleted_flag: bool, status_field: str | None) -> bool:
@@ -378,6 +390,9 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
         runs.mark_running(c, t, p.provider_id, sid, acc.stage, {"records": acc.processed})
     for k, v in counts.items():
         acc.counts[k] = acc.counts.get(k, 0) + v
+    log.info("%s: batch to key %s: %s; %d records so far (%s)", acc.stage, mb.last_key,
+             ", ".join(f"{k} {v}" for k, v in counts.items() if v) or "nothing to write", acc.processed,
+             rate(acc.processed, acc.started))
 
 
 def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
@@ -405,7 +420,8 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         writer.wait()
         if plan["dry_run"] and acc.preview:
             extra["dry_run_preview"] = acc.preview
-    log.info("transform_load: sync %s processed %d records: %s", sid, acc.processed, acc.counts)
+    log.info("transform_load: sync %s processed %d records (%s): %s", sid, acc.processed,
+             rate(acc.processed, acc.started), acc.counts)
     return {"processed": acc.processed, **acc.counts}
 
 

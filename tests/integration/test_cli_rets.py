@@ -100,3 +100,36 @@ def test_dead_port_exits_4() -> None:
 def test_bad_query_exits_2_with_server_text(conn_env: dict[str, str]) -> None:
     r = mls_sync("search", "--provider", "demo_rets", "--query", "(NO_SUCH_FIELD=1)", env=conn_env)
     assert r.returncode == 2 and "NO_SUCH_FIELD" in r.stderr
+
+
+@pytest.mark.airflow
+def test_check_reads_the_connection_from_airflows_store(mls: Any, tmp_path: Path) -> None:
+    """`airflow connections add`, then `mls-sync check`: the CLI asks Airflow when no AIRFLOW_CONN_*
+    is set (docs and error texts tell users to put the connection there)."""
+    import shutil
+
+    home = tmp_path / "airflow"
+    home.mkdir()
+    shutil.copy(ROOT / ".airflow" / "airflow.db", home / "airflow.db")  # migrated by `make airflow-db`
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
+    env.update(AIRFLOW_HOME=str(home), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}")
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    c = mls.credentials
+    missing = subprocess.run([sys.executable, "-m", "mls_sync.cli", "check", "--provider", "demo_rets"],
+                             capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT / "plugins")},
+                             timeout=180, cwd=ROOT)
+    assert missing.returncode == 2 and "Airflow was asked too" in missing.stderr, missing.stderr
+    assert "airflow connections add mls_demo_rets" in missing.stderr
+
+    added = subprocess.run([airflow, "connections", "add", "mls_demo_rets", "--conn-type", "http",
+                            "--conn-host", mls.rets_login_url, "--conn-login", c["username"],
+                            "--conn-password", c["password"], "--conn-extra",
+                            json.dumps({"user_agent": c["user_agent"], "ua_password": c["ua_password"]})],
+                           capture_output=True, text=True, env=env, timeout=180)
+    assert added.returncode == 0, added.stderr
+    r = subprocess.run([sys.executable, "-m", "mls_sync.cli", "check", "--provider", "demo_rets"],
+                       capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT / "plugins")},
+                       timeout=180, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["protocol"] == "rets"
+    assert c["password"] not in r.stdout + r.stderr

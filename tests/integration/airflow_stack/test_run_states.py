@@ -105,3 +105,21 @@ def test_server_errors_are_retried_with_exponential_backoff(stack: Stack) -> Non
     assert gaps[0] >= 2 and gaps[1] >= 4, gaps
     row = _history(stack, dag_id, run_id)
     assert row["state"] == "success" and row["error_summary"] is None and not row["report"].get("failures"), row
+
+    # what an operator reads in the task logs at Airflow's default level: a line per page and batch
+    fetch_log = _task_log(stack, dag_id, run_id, "fetch", 3)
+    assert "fetch: page 1 landed" in fetch_log and "records/s" in fetch_log, fetch_log[-2000:]
+    assert f"landed {row['records_fetched']} records in" in fetch_log
+    load_log = _task_log(stack, dag_id, run_id, "transform_load", 1)
+    assert "transform_load: batch to key" in load_log and "added" in load_log, load_log[-2000:]
+    assert "DeprecationWarning" not in fetch_log + load_log
+
+
+def _task_log(stack: Stack, dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    """A task try's log as the UI shows it, through the REST API."""
+    r = stack.api.http.get(f"{stack.api.base}/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/logs/"
+                           f"{try_number}", params={"full_content": "true"},
+                           headers={"Accept": "application/json"}, timeout=30)
+    r.raise_for_status()
+    content = r.json()["content"]
+    return "\n".join(str(e.get("event", e)) if isinstance(e, dict) else str(e) for e in content)
