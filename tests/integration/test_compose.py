@@ -255,3 +255,11 @@ def test_dockerfile_builds_the_package_on_airflow() -> None:
     reqs = (ROOT / "requirements.txt").read_text()
     for pin in ("apache-airflow==3.3.2", "apache-airflow-providers-celery==", "celery[redis]==", "redis=="):
         assert pin in reqs, pin
+    # the image gets the runtime only; tests, benchmarks and the demo's embedded server stay out
+    pins = [line for line in reqs.splitlines() if line and not line.startswith("#")]
+    assert all("==" in line for line in pins), pins
+    for dev in ("pytest", "moto", "playwright", "ruff", "pgserver", "psycopg2-binary", "rets=="):
+        assert not any(line.startswith(dev) for line in pins), dev
+    dev_reqs = (ROOT / "requirements-dev.txt").read_text().splitlines()
+    assert "-r requirements.txt" in dev_reqs
+    assert all("==" in line for line in dev_reqs if line and not line.startswith(("#", "-r")))

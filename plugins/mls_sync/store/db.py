@@ -29,6 +29,8 @@ _MIGRATION_LOCK = 7_105_771  # pg_advisory_lock key: one migrator at a time
 class DatabaseConfigError(RuntimeError):
     """The database named by configuration cannot be used; the message says which and why."""
 
+    category = "config"
+
 
 DRIVER = "postgresql+psycopg"
 
@@ -49,7 +51,12 @@ def _normalise(url: str) -> str:
 
 def embedded_url(data_dir: Path = EMBEDDED_DIR) -> str:
     """Start (or reuse) the embedded PostgreSQL and return its URL; it keeps data between runs."""
-    import pgserver  # imported lazily: only the demo without MLS_DATABASE_URL needs it
+    try:
+        import pgserver  # a development package: only the demo and tests without a server use it
+    except ImportError:
+        raise DatabaseConfigError(
+            f"no properties database is configured: set the Airflow connection mls_properties_db (postgres) "
+            f"or {ENV_VAR}; the embedded PostgreSQL of `make demo` (pgserver) is not installed here") from None
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pgserver.get_server(str(data_dir), cleanup_mode=None)
