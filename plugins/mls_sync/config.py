@@ -346,26 +346,40 @@ def provider_paths(directory: str | Path | None = None) -> list[Path]:
 def load_providers(directory: str | Path | None = None) -> tuple[tuple[Path, ProviderConfig | ConfigError], ...]:
     """Every provider YAML, parsed, or the error that names what is wrong with it.
 
-    Re-read only when a file was added, removed or changed (the dashboard asks every few seconds).
+    Re-read only when a file was added, removed or changed: in this process (the dashboard asks
+    every few seconds) and across processes (the dag-processor parses in a new one each time,
+    config_cache keeps validated configs on disk by each file's stamp).
     """
+    d = Path(directory) if directory else mappings_dir()
     stamps = []
-    for path in provider_paths(directory):
+    for path in provider_paths(d):
         try:
             st = path.stat()
-            stamps.append((path, st.st_mtime_ns, st.st_size))
+            stamps.append((str(path), st.st_mtime_ns, st.st_size))
         except OSError:  # gone since the listing: load_provider reports it
-            stamps.append((path, -1, -1))
-    return _load_all(tuple(stamps))
+            stamps.append((str(path), -1, -1))
+    return _load_all(d, tuple(stamps))
 
 
 @functools.lru_cache(maxsize=8)
-def _load_all(stamps: tuple[tuple[Path, int, int], ...]) -> tuple[tuple[Path, ProviderConfig | ConfigError], ...]:
+def _load_all(directory: Path, stamps: tuple[tuple[str, int, int], ...]
+              ) -> tuple[tuple[Path, ProviderConfig | ConfigError], ...]:
+    from mls_sync import config_cache
+
+    cached = config_cache.read(directory)
+    fresh: dict[tuple[str, int, int], ProviderConfig | str] = {}
     out: list[tuple[Path, ProviderConfig | ConfigError]] = []
-    for path, _, _ in stamps:
-        try:
-            out.append((path, load_provider(path)))
-        except ConfigError as exc:
-            out.append((path, exc))
+    for stamp in stamps:
+        entry = cached.get(stamp) if stamp[1] >= 0 else None
+        if entry is None:
+            try:
+                entry = load_provider(stamp[0])
+            except ConfigError as exc:
+                entry = str(exc)
+        fresh[stamp] = entry
+        out.append((Path(stamp[0]), entry if isinstance(entry, ProviderConfig) else ConfigError(entry)))
+    if fresh.keys() != cached.keys():
+        config_cache.write(directory, fresh)
     return tuple(out)
 
 

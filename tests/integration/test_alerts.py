@@ -38,7 +38,7 @@ def alerting_providers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smtp_inb
                           "slack_connection_id": "slack_test", "stale_after_hours": 1}
         data["retry"] = {"task_retries": 2, "retry_delay_seconds": 1, "max_retry_delay_seconds": 2}
         data["limits"] = {**data.get("limits", {}), "request_attempts": 1}
-        (tmp_path / p.name).writetext_of(yaml.safe_dump(data))
+        (tmp_path / p.name).write_text(yaml.safe_dump(data))
     monkeypatch.setenv("MLS_MAPPINGS_DIR", str(tmp_path))
     for name, value in alert_connections(smtp_port, hook_url).items():
         monkeypatch.setenv(name, value)
