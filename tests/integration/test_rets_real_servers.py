@@ -9,12 +9,15 @@ a Logout URL given as the login URL, and GetMetadata's whole tree and reply code
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
 import sys
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from mls_sync.sources.base import QueryError
 from mls_sync.sources.rets.metadata import parse_metadata
 from PIL import Image
@@ -51,6 +54,64 @@ def _explicit(mls: Any, login_url: str | None = None) -> list[str]:
 
 def _sync_env(mls: Any, db_url: str) -> dict[str, str]:
     return {**mls_connections(mls.url, mls.credentials), "MLS_DATABASE_URL": db_url}
+
+
+# -- 6: &amp; in Location URLs; Location parts as text/xml replies --------------------------------------
+@pytest.mark.parametrize("xml_parts", [False, True])
+def test_xml_escaped_location_urls_are_unescaped(mock_mls_factory: Any, xml_parts: bool) -> None:
+    mls = mock_mls_factory(listings=30, seed=4, photos_per_listing=3, media_host=True)
+    mls.configure(rets_location_escape=True, rets_location_xml=xml_parts)
+    keys = mls.active_keys()[:2]
+    s = rets_login(mls)
+    raw = s.get(f"{mls.url}/rets/getobject", params={"Type": "Photo", "ID": f"{keys[0]}:*", "Location": "1"},
+                timeout=10)
+    assert b"&amp;sig=" in raw.content
+    assert (b"Content-Type: text/xml" in raw.content) is xml_parts
+    verbatim = raw.content.split(b"Location: ")[1].split(b"\r\n")[0].decode()
+    assert requests.get(verbatim, timeout=10).status_code == 400  # what the old client got
+    photos = list(source(mls, photo_location=True).photos(keys))
+    assert decoded(photos) == {k: [0, 1, 2] for k in keys}
+    assert all(urlsplit(p.url).query.startswith("expires=") and "&sig=" in p.url and "amp;" not in p.url
+               for p in photos)
+
+
+# -- 9: Content-IDs that are not the asked key; empty and error parts ------------------------------------
+@pytest.mark.parametrize("per_request", [1, 20])
+def test_objects_labelled_with_another_id_are_filed_under_the_asked_listing(
+        mock_mls_factory: Any, per_request: int, caplog: pytest.LogCaptureFixture) -> None:
+    mls = mock_mls_factory(listings=40, seed=6, photos_per_listing=3)
+    mls.configure(rets_content_id="other")
+    keys = mls.active_keys()[:4]
+    src = source(mls, photos_per_request=per_request)
+    with caplog.at_level(logging.WARNING, logger="mls_sync.sources.rets"):
+        photos = list(src.photos(keys))
+    assert decoded(photos) == {k: [0, 1, 2] for k in keys}
+    # several listings asked at once: the labels cannot say whose objects are whose, so each
+    # listing is asked again alone; one asked alone: its objects are its own whatever the label
+    assert src.stats["requests"]["GetObject"] == (4 if per_request == 1 else 1 + 4)
+    assert "Content-ID 'SYS" in caplog.text
+
+
+@pytest.mark.parametrize("per_request", [1, 3])
+def test_empty_parts_do_not_hide_the_objects_after_them(mock_mls_factory: Any, per_request: int) -> None:
+    mls = mock_mls_factory(listings=30, seed=7, photos_per_listing=3)
+    mls.configure(rets_empty_parts=True)
+    keys = mls.active_keys()[:3]
+    photos = list(source(mls, photos_per_request=per_request).photos(keys))
+    assert decoded(photos) == {k: [0, 1, 2] for k in keys}
+
+
+def test_an_empty_or_error_object_is_reported_alone(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=30, seed=7, photos_per_listing=3)
+    mls.configure(rets_empty_parts=True)
+    a, b, c = mls.active_keys()[:3]
+    mls.fault("empty_part", listing_key=a, order=0)
+    mls.fault("error_part", listing_key=b, order=2, code=20409)
+    photos = list(source(mls, photos_per_request=3).photos([a, b, c]))
+    got = {(p.listing_key, p.order): p for p in photos}
+    assert len(got) == 9 == len(photos)
+    assert "empty part" in got[(a, 0)].error and "20409" in got[(b, 2)].error
+    assert decoded([p for p in photos if p.error is None]) == {a: [1, 2], b: [0, 1], c: [0, 1, 2]}
 
 
 # -- the mock's GetMetadata as strict as real servers ----------------------------------------------------

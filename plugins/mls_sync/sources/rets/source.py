@@ -314,10 +314,15 @@ class RetsSource(Source):
         return resp, b""
 
     def _photo_batch(self, batch: list[str]) -> Iterator[PhotoObject]:
+        """One GetObject for these listings; objects labelled with a key nobody asked for send the
+        listings that got nothing back one at a time (then the label does not matter)."""
         s = self.settings
         params = {"Resource": s.resource, "Type": s.photo_type, "ID": object_ids(batch),
                   "Location": 1 if s.photo_location else 0}
+        asked = set(batch)
         done: set[tuple[str, str]] = set()
+        delivered: set[str] = set()
+        strays: dict[str, int] = {}
         attempt = 0
         while True:
             attempt += 1
@@ -329,7 +334,12 @@ class RetsSource(Source):
                 with resp:
                     chunks = [pre] if pre else self.session.iter_body(resp)
                     parts = split_reply(resp.headers.get("Content-Type"), _header_pairs(resp), chunks)
-                    for group in group_by_listing(parts, batch[0] if len(batch) == 1 else None):
+                    for group in group_by_listing(parts, batch):
+                        key = group[0].listing_key
+                        if key not in asked:
+                            strays[key] = strays.get(key, 0) + len(group)
+                            continue
+                        delivered.add(key)
                         if len(group) == 1 and group[0].error and group[0].error.startswith("no object"):
                             continue  # the listing has no photos at all
                         for photo in group:
@@ -343,13 +353,20 @@ class RetsSource(Source):
                                 photo.modified = photo.modified.replace(tzinfo=self.zone())
                             done.add(ident)
                             yield photo
-                return
+                break
             except ServerError as exc:
                 if attempt >= self.session.policy.attempts or not is_retryable(exc):
                     raise
                 log.warning("GetObject broke mid-reply (%s); asking again, skipping %d objects already delivered",
                             exc, len(done))
                 self.session.retry_sleep(self.session.policy.delay(attempt))
+        if strays:
+            lost = [k for k in batch if k not in delivered]
+            log.warning("GetObject: %d object(s) came labelled %s, which were not asked for; asking the %d "
+                        "listing(s) that got none one at a time", sum(strays.values()),
+                        ", ".join(repr(k) for k in sorted(strays)[:5]), len(lost))
+            for key in lost:
+                yield from self._photo_batch([key])
 
     def _download(self, photo: PhotoObject, base_url: str) -> None:
         url = urljoin(base_url, photo.url or "")
