@@ -4,7 +4,8 @@ Every subcommand goes through `mls_sync.sources.open_source`, i.e. the same Sour
 DAGs run, so "it works from the CLI" means "the sync will see the same thing". The CLI knows no
 protocol: a provider YAML (or explicit RETS arguments for an MLS that has none yet) picks it.
 
-Exit codes: 0 ok, 2 usage or configuration, 3 authentication, 4 server or network.
+Exit codes: 0 ok, 2 usage or configuration (also: the server does not answer as configured),
+3 authentication, 4 server or network.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mls_sync.sources.base import AuthError, PhotoObject, SearchCriteria, Source, SourceError
+from mls_sync.sources.base import AuthError, MismatchError, PhotoObject, SearchCriteria, Source, SourceError
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig
@@ -316,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args, source)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except MismatchError as exc:
+        return _fail(f"the server does not answer as configured: {exc}", EXIT_USAGE)
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}", EXIT_AUTH)
     except SourceError as exc:

@@ -56,6 +56,52 @@ def _sync_env(mls: Any, db_url: str) -> dict[str, str]:
     return {**mls_connections(mls.url, mls.credentials), "MLS_DATABASE_URL": db_url}
 
 
+# -- 5: credentials only to the login URL's origin ----------------------------------------------------
+@pytest.mark.parametrize("auth", ["digest", "basic"])
+@pytest.mark.parametrize("host", ["other port", "other name"])
+def test_photo_urls_on_another_origin_get_no_credentials_or_cookies(mock_mls_factory: Any, auth: str,
+                                                                    host: str) -> None:
+    mls = mock_mls_factory(listings=30, seed=2, photos_per_listing=3, media_host=True, auth=auth)
+    if host == "other name":  # same port, another host name: another origin all the same
+        mls.configure(rets_location_base=f"http://localhost:{mls.port}")
+    keys = mls.active_keys()[:3]
+    src = source(mls, photo_location=True, photos_per_request=2)
+    assert decoded(list(src.photos(keys))) == {k: [0, 1, 2] for k in keys}
+    seen = list(mls.photo_requests)
+    assert len(seen) == 9
+    want = f"127.0.0.1:{mls.media_port}" if host == "other port" else f"localhost:{mls.port}"
+    assert {h["host"] for h in seen} == {want}
+    assert not [h for h in seen if "authorization" in h or "cookie" in h]
+    assert mls.counters()["photo_requests_with_credentials"] == 0
+    assert src.stats["requests"]["GetObject"] == 2  # the RETS requests themselves still authenticate
+
+
+def test_photo_urls_on_the_login_origin_keep_the_session(mock_mls_factory: Any) -> None:
+    """The control: the recorder does see credentials when the photos are on the RETS host itself."""
+    mls = mock_mls_factory(listings=20, seed=2, photos_per_listing=2)
+    key = mls.active_keys()[0]
+    src = source(mls, photo_location=True)
+    assert decoded(list(src.photos([key]))) == {key: [0, 1]}
+    assert all("RETS-Session-ID=" in h.get("cookie", "") for h in mls.photo_requests)
+
+
+def test_a_trusted_origin_gets_the_credentials(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=20, seed=2, photos_per_listing=2, media_host=True)
+    src = source(mls, photo_location=True, extra={"trusted_origins": [mls.media_url + "/photos/"]})
+    key = mls.active_keys()[0]
+    assert decoded(list(src.photos([key]))) == {key: [0, 1]}
+    assert all("RETS-Session-ID=" in h.get("cookie", "") for h in mls.photo_requests)
+
+
+# -- 10: a login URL that is not Login --------------------------------------------------------------------
+def test_a_logout_url_given_as_the_login_url_says_so(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=10, seed=1, photos_per_listing=1)
+    r = _cli("check", *_explicit(mls, login_url=f"{mls.url}/rets/logout"))
+    assert r.returncode == 2, r.stderr
+    assert "probably not the RETS Login transaction" in r.stderr and "granted neither" not in r.stderr
+    assert mls.credentials["password"] not in r.stderr
+
+
 # -- 6: &amp; in Location URLs; Location parts as text/xml replies --------------------------------------
 @pytest.mark.parametrize("xml_parts", [False, True])
 def test_xml_escaped_location_urls_are_unescaped(mock_mls_factory: Any, xml_parts: bool) -> None:

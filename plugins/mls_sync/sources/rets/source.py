@@ -27,7 +27,7 @@ from mls_sync.sources.rets.errors import EMPTY_CODES, MAX_RECORDS, NO_OBJECT, re
 from mls_sync.sources.rets.getobject import group_by_listing, object_ids, split_reply
 from mls_sync.sources.rets.metadata import Lookups, parse_metadata, table_summary, time_zone_offset
 from mls_sync.sources.rets.search import PageResult, SearchWalk
-from mls_sync.sources.rets.session import RetsSession, charset_of
+from mls_sync.sources.rets.session import RetsSession, charset_of, trusted_origins
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig, RetsSettings
@@ -73,7 +73,8 @@ class RetsSource(Source):
         """Wire a source from the provider YAML and its connection (login URL, user, secrets).
 
         Connection extras understood: `user_agent`, `ua_password`, `rets_version`,
-        `auth` (auto|digest|basic), `request_id`, and `url`/`login_url` for the login URL.
+        `auth` (auto|digest|basic), `request_id`, `url`/`login_url` for the login URL, and
+        `trusted_origins` (URLs whose origins may get credentials besides the login URL's).
         """
         from mls_sync.config import RetsSettings
 
@@ -92,6 +93,7 @@ class RetsSource(Source):
             limiter=limiter,
             policy=RetryPolicy(attempts=provider.limits.request_attempts),
             timeout=settings.timeout_seconds,
+            trusted=trusted_origins(extra.get("trusted_origins")),
             **session_kw,
         )
         return cls(session, settings, provider.roles(), provider_id=provider.provider_id)
