@@ -140,15 +140,22 @@ def cmd_search(args: argparse.Namespace, source: Source) -> int:
         select=tuple(s.strip() for s in (args.select or "").split(",") if s.strip()),
         raw_query=args.query,
     )
-    written = 0
+    key_field = provider_from_args(args).roles().key if args.provider else args.key_field
+    written = keyless = 0
     out = sys.stdout
-    for page in source.pages(criteria):
-        for record in page.records:
-            if args.limit is not None and written >= args.limit:
-                return EXIT_OK
-            out.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-            written += 1
-        out.flush()
+    try:
+        for page in source.pages(criteria):
+            for record in page.records:
+                if args.limit is not None and written >= args.limit:
+                    return EXIT_OK
+                out.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+                written += 1
+                keyless += record.get(key_field) in (None, "")
+            out.flush()
+    finally:
+        if keyless:  # printed as the server sent them; a sync rejects them (mls_sync_errors)
+            print(f"mls-sync: {keyless} of {written} records have no {key_field}; a sync rejects them",
+                  file=sys.stderr)
     if args.verbose:
         print(f"{written} records", file=sys.stderr)
     return EXIT_OK

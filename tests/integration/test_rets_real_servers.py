@@ -9,6 +9,7 @@ a Logout URL given as the login URL, and GetMetadata's whole tree and reply code
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import subprocess
@@ -18,13 +19,14 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
-from mls_sync.sources.base import QueryError
+from mls_sync.sources.base import MismatchError, QueryError, SearchCriteria, SourceFields
 from mls_sync.sources.rets.metadata import parse_metadata
 from PIL import Image
 
 from devstack import ROOT, mls_connections
+from tests.integration.dagrun import scalar
 from tests.integration.mock_fixtures import rets_login
-from tests.integration.test_rets_source import source
+from tests.integration.test_rets_source import source, walk_keys
 
 pytestmark = pytest.mark.integration
 
@@ -158,6 +160,81 @@ def test_an_empty_or_error_object_is_reported_alone(mock_mls_factory: Any) -> No
     assert len(got) == 9 == len(photos)
     assert "empty part" in got[(a, 0)].error and "20409" in got[(b, 2)].error
     assert decoded([p for p in photos if p.error is None]) == {a: [1, 2], b: [0, 1], c: [0, 1, 2]}
+
+
+# -- 7: rows without the key -----------------------------------------------------------------------------
+def test_rows_without_the_configured_key_column_are_an_error_naming_the_columns(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=40, seed=3, photos_per_listing=1)
+    src = source(mls)
+    src.fields = SourceFields(key="ListingKey", modified="LIST_87")  # a class that names its key LIST_1
+    with pytest.raises(MismatchError) as info:
+        list(src.pages(SearchCriteria(raw_query="(LIST_15=|ACT)")))
+    assert "no ListingKey column" in str(info.value) and "LIST_1" in str(info.value)
+
+
+def test_cli_search_with_a_wrong_key_field_exits_2_instead_of_0_records(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=40, seed=3, photos_per_listing=1)
+    r = _cli("search", *_explicit(mls), "--key-field", "ListingKey", "--modified-field", "LIST_87",
+             "--query", "(LIST_15=|ACT)")
+    assert r.returncode == 2 and r.stdout == ""
+    assert "no ListingKey column" in r.stderr and "LIST_1, " in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_search_reports_rows_with_an_empty_key(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=40, seed=3, photos_per_listing=1)
+    mls.configure(rets_keyless=mls.all_keys()[5:8])
+    r = _cli("search", *_explicit(mls), "--key-field", "LIST_1", "--modified-field", "LIST_87")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 40 and sum(not row["LIST_1"] for row in rows) == 3
+    assert "3 of 40 records have no LIST_1" in r.stderr
+
+
+def test_a_sync_counts_rows_with_an_empty_key_as_rejected(mock_mls_factory: Any, db: Any, db_url: str) -> None:
+    mls = mock_mls_factory(listings=120, seed=9, photos_per_listing=1)
+    damaged = mls.active_keys()[:3]
+    mls.configure(rets_keyless=damaged)
+    r = _cli("sync", "--provider", "demo_rets", "--no-photos", env=_sync_env(mls, db_url))
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["state"] == "success" and result["failed"] == 3
+    assert scalar(db, "SELECT count(*) FROM properties WHERE listing_key = ANY(:k)", k=damaged) == 0
+    assert scalar(db, "SELECT message FROM mls_sync_errors WHERE stage = 'fetch'") == \
+        "3 record(s) without LIST_1 on page 1"
+
+
+# -- 8: no time clause nobody asked for; records without a modification time ------------------------------
+@pytest.mark.parametrize("offset_mode", ["honour", "ignore"])
+def test_a_full_sync_keeps_records_without_a_modification_time(mock_mls_factory: Any, db: Any, db_url: str,
+                                                               offset_mode: str, tmp_path: Any) -> None:
+    """Offset paging sends no time clause; window paging (Offset ignored) asks for them at the end.
+    The demo mapping requires LIST_87 (it would reject them, logged); this copy does not."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    yaml = (ROOT / "include/mappings/demo_rets.yaml").read_text()
+    (mappings / "demo_rets.yaml").write_text(yaml.replace(
+        "LIST_87: {column: mls_modified_at, type: timestamp, required: true}",
+        "LIST_87: {column: mls_modified_at, type: timestamp}"))
+    mls = mock_mls_factory(listings=300, seed=9, photos_per_listing=1)
+    mls.configure(row_cap=100, offset_mode=offset_mode)
+    blank = mls.mutate(blank_modified=40)["blank_modified"]
+    wanted = {"Active", "ActiveUnderContract", "ComingSoon", "Pending"}  # the YAML's full_sync_statuses
+    expected = {k for k in mls.all_keys() if mls.listing(k)["StandardStatus"] in wanted}
+    blank_expected = sorted(set(blank) & expected)
+    assert blank_expected
+    r = _cli("sync", "--provider", "demo_rets", "--no-photos", "--mode", "full",
+             env={**_sync_env(mls, db_url), "MLS_MAPPINGS_DIR": str(mappings)})
+    assert r.returncode == 0, r.stderr
+    assert set(scalar(db, "SELECT array_agg(listing_key) FROM properties") or []) == expected
+    assert scalar(db, "SELECT count(*) FROM properties WHERE listing_key = ANY(:k) AND mls_modified_at IS NULL",
+                  k=blank_expected) == len(blank_expected)
+
+
+def test_an_unfiltered_walk_sends_no_time_clause(mock_mls_factory: Any) -> None:
+    mls = mock_mls_factory(listings=60, seed=9, photos_per_listing=1)
+    blank = mls.mutate(blank_modified=6)["blank_modified"]
+    src = source(mls)
+    assert sorted(walk_keys(src)) == mls.all_keys() and set(blank) <= set(mls.all_keys())
 
 
 # -- the mock's GetMetadata as strict as real servers ----------------------------------------------------

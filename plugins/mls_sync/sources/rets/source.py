@@ -13,6 +13,7 @@ import requests
 from mls_sync.limits import RateLimiter, RetryPolicy, is_retryable
 from mls_sync.sources.base import (
     MetadataCache,
+    MismatchError,
     Page,
     PhotoObject,
     SearchCriteria,
@@ -215,6 +216,7 @@ class RetsSource(Source):
             params["Offset"] = offset
         method = "POST" if s.method == "POST" or len(query) > POST_ABOVE else "GET"
         decode = self.lookups().decode if s.format == "COMPACT" else None
+        key = self.fields.key
 
         def consume(resp: requests.Response) -> PageResult:
             parser = CompactParser(charset_of(resp))
@@ -229,6 +231,11 @@ class RetsSource(Source):
                 raise reply_error(reply.code, reply.text, reply.body, "Search")
             if not parser.complete:
                 raise ServerError(f"Search: reply cut short after {len(records)} rows (no closing </RETS>)")
+            if records and key not in reply.columns:
+                sent = ", ".join(reply.columns[:40]) + (", ..." if len(reply.columns) > 40 else "")
+                raise MismatchError(
+                    f"Search: the server's rows have no {key} column, the configured key field "
+                    f"(source_fields.key / --key-field); it sent {len(reply.columns)} columns: {sent}")
             if decode:
                 for r in records:
                     decode(r)
@@ -279,7 +286,8 @@ class RetsSource(Source):
         number = int(cursor.get("page") or 0)
         walk = SearchWalk(lambda q, off, count: self._fetch(q, off, select, count), key_field=key_field,
                           modified_field=modified, page_size=self.settings.page_size, offset_mode=self.settings.offset,
-                          now=lambda: dmql.to_server(datetime.now(UTC), zone), offset_ok=self._offset_ok)
+                          now=lambda: dmql.to_server(datetime.now(UTC), zone), offset_ok=self._offset_ok,
+                          match_all=self.settings.match_all)
         for index in range(start, len(groups)):
             clauses = base + ([dmql.clause_in(key_field, groups[index])] if groups[index] else [])
             state = cursor.get("state") if index == start else None
