@@ -1,6 +1,7 @@
 """`python -m mock_mls`: serve until SIGTERM/SIGINT; prints `MOCK_MLS_URL=...` once ready.
 
-The one stdout line is the contract for scripts and tests that start the mock as a subprocess.
+The first stdout line is the contract for scripts and tests that start the mock as a subprocess
+(with `--media-host`, a second line names the photo host).
 """
 
 from __future__ import annotations
@@ -37,6 +38,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--session-idle-seconds", type=float, default=None, help="RETS session idle expiry")
     p.add_argument("--expired-session-reply", choices=("20037", "401"), default=d.expired_session_reply,
                    help="reply to an expired RETS session (default 20037)")
+    p.add_argument("--media-host", action="store_true",
+                   help="serve photos also from a second port (another origin, like a CDN) and point RETS "
+                        "Location URLs there; prints MOCK_MLS_MEDIA_URL=... after MOCK_MLS_URL")
+    p.add_argument("--rets-location-escape", action="store_true",
+                   help="write '&' in RETS Location headers as '&amp;' (XML-escaped, as real servers do)")
+    p.add_argument("--rets-location-xml", action="store_true",
+                   help="RETS Location parts are text/xml RETS replies (ReplyCode 0) instead of empty")
+    p.add_argument("--rets-empty-parts", action="store_true",
+                   help="an empty part (no headers, no body) before each listing's GetObject parts")
+    p.add_argument("--rets-content-id", choices=("key", "other"), default=d.rets_content_id,
+                   help="GetObject Content-ID: the asked key (default) or the listing's internal id")
     p.add_argument("--max-page-size", type=int, default=d.max_page_size, help="RESO $top cap (default 1000)")
     p.add_argument("--mlg-can-view", action="store_true", help="MLS Grid style MlgCanView=false for removals")
     p.add_argument("--rate-limit-per-second", type=int, default=None, help="request budget per second")
@@ -53,13 +65,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
     core = {k: args.pop(k) for k in ("host", "port", "listings", "seed", "photos_per_listing", "data_dir",
-                                     "cluster_size", "control", "photo_dir")}
+                                     "cluster_size", "control", "photo_dir", "media_host")}
     settings: dict[str, Any] = args
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with MockMLS(**core, **settings) as mls:
         print(f"MOCK_MLS_URL={mls.url}", flush=True)
+        if mls.media_host:
+            print(f"MOCK_MLS_MEDIA_URL={mls.media_url}", flush=True)
         print(f"mock_mls: {core['listings']} listings ready in {mls.startup_seconds:.2f}s", file=sys.stderr,
               flush=True)
         stop.wait()

@@ -10,7 +10,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from itertools import takewhile
 from typing import Any
 
@@ -26,6 +26,7 @@ FAULT_KINDS = (
     "malformed_xml",  # garbage injected into the XML/JSON body
     "reset_mid_body",  # half the body, then a TCP reset
     "error_part",  # listing_key, order, code: that GetObject part is an XML error
+    "empty_part",  # listing_key, order: that GetObject part keeps its headers but has no bytes
     "corrupt_photo",  # listing_key, order: broken JPEG bytes (GetObject and photo URL)
     "session_expire_after_searches",  # n: the session dies after n more searches
 )
@@ -56,6 +57,13 @@ class Settings:
     require_token: bool = True
     timezone_offset: str = "-05:00"
     rets_version: str = "RETS/1.7.2"
+    # RETS GetObject as production servers send it (see README "RETS objects like real servers")
+    rets_location_base: str = ""  # base URL of Location=1 photo URLs; "" = the host the client asked
+    rets_location_escape: bool = False  # `&` in Location headers written XML-escaped, `&amp;`
+    rets_location_xml: bool = False  # Location parts are text/xml RETS replies (ReplyCode 0), not empty
+    rets_empty_parts: bool = False  # an empty part (no headers, no body) before each listing's objects
+    rets_content_id: str = "key"  # key | other: parts carry the listing's internal id, not the asked key
+    rets_keyless: list[str] = field(default_factory=list)  # listings served with an empty key column
     username: str = "mockuser"
     password: str = "mockpass"
     user_agent: str = "MockClient/1.0"
@@ -74,8 +82,14 @@ class Settings:
             raise ValueError("auth must be digest or basic")
         if str(changes.get("expired_session_reply", self.expired_session_reply)) not in ("20037", "401"):
             raise ValueError("expired_session_reply must be '20037' or '401'")
+        if changes.get("rets_content_id", self.rets_content_id) not in ("key", "other"):
+            raise ValueError("rets_content_id must be key or other")
         for name, value in changes.items():
-            setattr(self, name, str(value) if name == "expired_session_reply" else value)
+            if name == "expired_session_reply":
+                value = str(value)
+            elif isinstance(value, (list, tuple)):
+                value = list(value)  # a copy: reset() must not see later edits
+            setattr(self, name, value)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,7 +216,7 @@ class Counters:
         with self._lock:
             out: dict[str, Any] = {name: self.values.get(name, 0) for name in
                                    ("bytes_sent", "rows_served", "photos_served", "media_rows_served",
-                                    "rate_limited", "logins")}
+                                    "rate_limited", "logins", "photo_requests_with_credentials")}
             out["requests"] = dict(self.requests)
             out["requests_total"] = sum(self.requests.values())
             out["faults_injected"] = dict(self.faults)
@@ -237,7 +251,7 @@ class RateLimiter:
 
 
 LIFECYCLE = {"ACT": "PND", "CS": "ACT", "AUC": "PND", "PND": "CLS"}  # status change: old -> new
-CHANGE_KINDS = ("price", "status", "photo", "new", "remove", "touch")
+CHANGE_KINDS = ("price", "status", "photo", "new", "remove", "touch", "blank_modified")
 
 
 class Mutator:
@@ -299,6 +313,9 @@ class Mutator:
                 for key, *_rest in pick(counts.get("touch", 0)):
                     conn.execute("UPDATE listings SET ModificationTimestamp = ? WHERE ListingKey = ?", (now, key))
                     changed["touch"].append(key)
+                for key, *_rest in pick(counts.get("blank_modified", 0)):  # seen on real feeds: no timestamp
+                    conn.execute("UPDATE listings SET ModificationTimestamp = NULL WHERE ListingKey = ?", (key,))
+                    changed["blank_modified"].append(key)
                 for _ in range(counts.get("new", 0)):
                     changed["new"].append(self._new_listing(conn, rng, now))
                 conn.execute("COMMIT")

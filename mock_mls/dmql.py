@@ -1,8 +1,9 @@
 """DMQL2 -> parameterised SQLite WHERE clause.
 
 Supported: `(F=v)`, `(F=v1,v2)` (OR list), ranges `a-b` / `a+` / `a-`, `*` wildcards,
-lookups `|A,B` (any), `+A,B` (all, LookupMulti), `~A,B` (none), clause joins `,` / `AND`,
-`|` / `OR`, `~` / `NOT`, parentheses, dates/datetimes in the server's local time, NOW/TODAY.
+lookups `|A,B` (any), `+A,B` (all, LookupMulti), `~A,B` (none), `(F=.EMPTY.)` (no value, any
+field type), clause joins `,` / `AND`, `|` / `OR`, `~` / `NOT`, parentheses, dates/datetimes in
+the server's local time, NOW/TODAY. A range leaves out records whose value is empty, as SQL does.
 Values always travel as SQL parameters.
 """
 
@@ -127,6 +128,8 @@ class Translator:
         if not value:
             raise DMQLError(f"Empty value for {name}")
         col = f'"{field.reso}"'
+        if value.upper() == ".EMPTY.":
+            return f"({col} IS NULL OR {col} = '')"
         if field.lookup:
             return self._lookup(field, col, value)
         alternatives = [v.strip().strip('"') for v in value.split(",")]

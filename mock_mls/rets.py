@@ -33,6 +33,16 @@ TABLE_COLUMNS = ("MetadataEntryID", "SystemName", "StandardName", "LongName", "D
                  "Maximum", "Default", "Required", "SearchHelpID", "Unique")
 SESSION_COOKIE = "RETS-Session-ID"
 OK = 'ReplyCode="0" ReplyText="Operation Successful"'
+FOREIGN_KEY_COLUMNS = ("ForeignKeyID", "ParentResourceID", "ParentClassID", "ParentSystemName",
+                       "ChildResourceID", "ChildClassID", "ChildSystemName")
+# Every METADATA type of RETS 1.7.2; those the mock defines no rows for answer 20503 (no metadata),
+# names that are not metadata types 20501 (invalid type).
+METADATA_TYPES = ("SYSTEM", "RESOURCE", "CLASS", "TABLE", "UPDATE", "UPDATE_TYPE", "OBJECT", "SEARCH_HELP",
+                  "EDITMASK", "LOOKUP", "LOOKUP_TYPE", "UPDATE_HELP", "VALIDATION_LOOKUP",
+                  "VALIDATION_LOOKUP_TYPE", "VALIDATION_EXTERNAL", "VALIDATION_EXTERNAL_TYPE",
+                  "VALIDATION_EXPRESSION", "FOREIGNKEYS", "FILTER", "FILTER_TYPE", "COLUMN_GROUP",
+                  "COLUMN_GROUP_SET", "COLUMN_GROUP_CONTROL", "COLUMN_GROUP_TABLE", "COLUMN_GROUP_NORMALIZATION")
+TREE = ("SYSTEM", "RESOURCE", "CLASS", "TABLE", "OBJECT", "LOOKUP", "LOOKUP_TYPE", "FOREIGNKEYS")
 # StandardNames=1: a field answers to its RETS StandardName and to its RESO name
 BY_STANDARD: dict[str, Field] = {name: f for f in RETS_FIELDS for name in (f.reso, f.rets_standard_name)}
 
@@ -91,6 +101,8 @@ class Rets:
             self.app.stats.fault("rets_error")
             code = int(fault.get("code", 20036))
             return reply(code, fault.get("text") or RETS_REPLY_TEXT.get(code, "Error"))
+        if name == "logout" and req.cookie(SESSION_COOKIE) is None and self._auth_ok(req):
+            return self.logout(req)  # like real servers: Logout authenticates by HTTP auth, session or not
         if name != "login":
             problem = self._check_session(req, name)
             if problem:
@@ -204,58 +216,74 @@ class Rets:
         ident = req.param("ID") or "0"
         if fmt not in ("COMPACT", "COMPACT-DECODED", "STANDARD-XML"):
             return reply(20514, f"Requested format {fmt} unavailable")
-        resource, _, rest = ident.partition(":")
-        if resource not in ("0", "*", "Property"):
-            return reply(20501, f"Invalid resource {resource}")
-        attrs = {"Version": METADATA_VERSION, "Date": METADATA_DATE}
-        prop = {"Resource": "Property", **attrs}
-        if kind == "SYSTEM":
-            if fmt == "STANDARD-XML":
-                block = (f'<METADATA-SYSTEM Version="{METADATA_VERSION}" Date="{METADATA_DATE}">\n'
-                         f'<SYSTEM SystemID="MOCKMLS" SystemDescription="Mock MLS for integration tests" '
-                         f'TimeZoneOffset="{self.app.settings.timezone_offset}">\n<Comments/>\n</SYSTEM>\n'
-                         "</METADATA-SYSTEM>\n")
-            else:
-                block = (f'<METADATA-SYSTEM Version="{METADATA_VERSION}" Date="{METADATA_DATE}">\n'
-                         f'<SYSTEM SystemID="MOCKMLS" SystemDescription="Mock MLS for integration tests" '
-                         f'TimeZoneOffset="{self.app.settings.timezone_offset}"/>\n'
-                         "<COMMENTS>Mock MLS</COMMENTS>\n</METADATA-SYSTEM>\n")
-        elif kind == "RESOURCE":
-            block = metadata_block(
-                "RESOURCE", attrs, ("ResourceID", "StandardName", "VisibleName", "Description", "KeyField",
-                                    "ClassCount", "ObjectVersion", "LookupVersion"),
-                [["Property", "Property", "Property", "Property listings", "LIST_1", "1", METADATA_VERSION,
-                  METADATA_VERSION]], fmt, "Resource")
-        elif kind == "CLASS":
-            block = metadata_block(
-                "CLASS", prop, ("ClassName", "StandardName", "VisibleName", "Description", "TableVersion"),
-                [["RE_1", "ResidentialProperty", "Residential", "All listings", METADATA_VERSION]], fmt, "Class")
-        elif kind == "TABLE":
-            if rest not in ("", "*", "RE_1", "0"):
-                return reply(20502, f"Invalid class {rest}")
-            block = metadata_block("TABLE", {"Resource": "Property", "Class": "RE_1", **attrs}, TABLE_COLUMNS,
-                                   [self._table_row(f) for f in RETS_FIELDS], fmt, "Field")
-        elif kind == "LOOKUP":
-            block = metadata_block("LOOKUP", prop, ("LookupName", "VisibleName", "Version", "Date"),
-                                   [[n, n, METADATA_VERSION, METADATA_DATE] for n in LOOKUPS], fmt, "Lookup")
-        elif kind == "LOOKUP_TYPE":
-            names = list(LOOKUPS) if rest in ("", "*", "0") else [rest]
-            if any(n not in LOOKUPS for n in names):
-                return reply(20502, f"Invalid lookup {rest}")
-            block = "".join(
-                metadata_block("LOOKUP_TYPE", {"Resource": "Property", "Lookup": n, **attrs},
-                               ("Value", "LongValue", "ShortValue"),
-                               [[code, long, long[:10]] for code, long in LOOKUPS[n].items()], fmt, "LookupType")
-                for n in names)
-        elif kind == "OBJECT":
-            block = metadata_block("OBJECT", prop, ("ObjectType", "MimeType", "VisibleName", "Description"),
-                                   [["Photo", "image/jpeg", "Photo", "Listing photos"]], fmt, "Object")
+        if kind not in METADATA_TYPES:
+            return reply(20501, f"Invalid type {kind or '(none)'}")
+        resource = ident.partition(":")[0]
+        if kind != "SYSTEM" and resource not in ("0", "*", "Property"):
+            return reply(20500, f"Invalid resource {resource}")
+        if kind == "SYSTEM" and ident == "*" and fmt != "STANDARD-XML":
+            # the whole tree in one reply, one METADATA-* block after another (what libRETS asks for)
+            blocks = [self._metadata_block(k, "*", fmt) for k in TREE]
+            block = "".join(b for b in blocks if isinstance(b, str))
         else:
-            return reply(20500, f"Invalid metadata type {kind}")
+            found = self._metadata_block(kind, ident if kind != "SYSTEM" else "0", fmt)
+            if isinstance(found, Response):
+                return found
+            block = found
         if fmt == "STANDARD-XML":
             block = f"<METADATA>\n{block}</METADATA>\n"
         body = f'<?xml version="1.0" encoding="UTF-8"?>\n<RETS {OK}>\n{block}</RETS>\n'
         return xml_response(body)
+
+    def _metadata_block(self, kind: str, ident: str, fmt: str) -> str | Response:
+        """One type's METADATA-* element(s), or the RETS error reply for a bad ID or no metadata."""
+        _, _, rest = ident.partition(":")
+        attrs = {"Version": METADATA_VERSION, "Date": METADATA_DATE}
+        prop = {"Resource": "Property", **attrs}
+        if kind == "SYSTEM":
+            if fmt == "STANDARD-XML":
+                return (f'<METADATA-SYSTEM Version="{METADATA_VERSION}" Date="{METADATA_DATE}">\n'
+                        f'<SYSTEM SystemID="MOCKMLS" SystemDescription="Mock MLS for integration tests" '
+                        f'TimeZoneOffset="{self.app.settings.timezone_offset}">\n<Comments/>\n</SYSTEM>\n'
+                        "</METADATA-SYSTEM>\n")
+            return (f'<METADATA-SYSTEM Version="{METADATA_VERSION}" Date="{METADATA_DATE}">\n'
+                    f'<SYSTEM SystemID="MOCKMLS" SystemDescription="Mock MLS for integration tests" '
+                    f'TimeZoneOffset="{self.app.settings.timezone_offset}"/>\n'
+                    "<COMMENTS>Mock MLS</COMMENTS>\n</METADATA-SYSTEM>\n")
+        if kind == "RESOURCE":
+            return metadata_block(
+                "RESOURCE", attrs, ("ResourceID", "StandardName", "VisibleName", "Description", "KeyField",
+                                    "ClassCount", "ObjectVersion", "LookupVersion"),
+                [["Property", "Property", "Property", "Property listings", "LIST_1", "1", METADATA_VERSION,
+                  METADATA_VERSION]], fmt, "Resource")
+        if kind == "CLASS":
+            return metadata_block(
+                "CLASS", prop, ("ClassName", "StandardName", "VisibleName", "Description", "TableVersion"),
+                [["RE_1", "ResidentialProperty", "Residential", "All listings", METADATA_VERSION]], fmt, "Class")
+        if kind == "TABLE":
+            if rest not in ("", "*", "RE_1", "0"):
+                return reply(20502, f"Invalid class {rest}")
+            return metadata_block("TABLE", {"Resource": "Property", "Class": "RE_1", **attrs}, TABLE_COLUMNS,
+                                  [self._table_row(f) for f in RETS_FIELDS], fmt, "Field")
+        if kind == "LOOKUP":
+            return metadata_block("LOOKUP", prop, ("LookupName", "VisibleName", "Version", "Date"),
+                                  [[n, n, METADATA_VERSION, METADATA_DATE] for n in LOOKUPS], fmt, "Lookup")
+        if kind == "LOOKUP_TYPE":
+            names = list(LOOKUPS) if rest in ("", "*", "0") else [rest]
+            if any(n not in LOOKUPS for n in names):
+                return reply(20502, f"Invalid lookup {rest}")
+            return "".join(
+                metadata_block("LOOKUP_TYPE", {"Resource": "Property", "Lookup": n, **attrs},
+                               ("Value", "LongValue", "ShortValue"),
+                               [[code, long, long[:10]] for code, long in LOOKUPS[n].items()], fmt, "LookupType")
+                for n in names)
+        if kind == "OBJECT":
+            return metadata_block("OBJECT", prop, ("ObjectType", "MimeType", "VisibleName", "Description"),
+                                  [["Photo", "image/jpeg", "Photo", "Listing photos"]], fmt, "Object")
+        if kind == "FOREIGNKEYS":
+            # one resource, so no key points at another; the type exists, with no rows (like many servers)
+            return metadata_block("FOREIGNKEYS", attrs, FOREIGN_KEY_COLUMNS, [], fmt, "ForeignKey")
+        return reply(20503, f"No metadata of type {kind} on this server")
 
     @staticmethod
     def _table_row(f: Field) -> list[str]:
@@ -320,13 +348,11 @@ class Rets:
         first = cur.fetchmany(500)
         if not first:
             return reply(20201, "No Records Found")
-        capped = s.row_cap is not None and page == s.row_cap and (limit is None or limit > s.row_cap)
         names = [(f.rets_standard_name if standard else f.system) or "" for f in fields_]
-        return xml_response(
-            self._stream(cur, first, fields_, names, fmt == "COMPACT-DECODED", page, capped, total))
+        return xml_response(self._stream(cur, first, fields_, names, fmt == "COMPACT-DECODED", page, total))
 
     def _stream(self, cur: Any, first: list[tuple[Any, ...]], fields_: list[Field], names: list[str],
-                decoded: bool, page: int, capped: bool, total: int | None) -> Iterator[bytes]:
+                decoded: bool, page: int, total: int | None) -> Iterator[bytes]:
         tz = fixed_zone(self.app.settings.timezone_offset)
         head = f"<RETS {OK}>\n"
         if total is not None:
@@ -335,6 +361,8 @@ class Rets:
         sent = 0
         batch = first
         more = False
+        keyless = set(self.app.settings.rets_keyless)
+        key_at = next((i for i, f in enumerate(fields_) if f.reso == "ListingKey"), None) if keyless else None
         while batch:
             lines = []
             for row in batch:
@@ -343,13 +371,15 @@ class Rets:
                     break
                 sent += 1
                 values = [rets_value(f, v, decoded, tz) for f, v in zip(fields_, row, strict=True)]
+                if key_at is not None and values[key_at] in keyless:
+                    values[key_at] = ""  # a damaged record: the server sends it without its key
                 lines.append(f"<DATA>{xml_escape(compact_row(values))}</DATA>\n")
             self.app.stats.add("rows_served", len(lines))
             yield "".join(lines).encode()
             if more:
                 break
             batch = cur.fetchmany(500)
-        tail = "<MAXROWS />\n" if more and capped else ""
+        tail = "<MAXROWS />\n" if more else ""  # Limit or the row cap cut the reply: more rows match
         yield (tail + "</RETS>\n").encode()
 
     # --- GetObject ------------------------------------------------------------------------------
@@ -388,15 +418,30 @@ class Rets:
                         self._multipart(req, parts, boundary, location), "multipart")
         return resp
 
+    def _content_id(self, key: str) -> str:
+        """The asked key, or (rets_content_id="other") the listing's internal id, as some servers label parts."""
+        if self.app.settings.rets_content_id == "key":
+            return key
+        return "SYS" + str(int(md5(key)[:8], 16) % 10**8).zfill(8)
+
     def _part_headers(self, req: Request, key: str, oid: int, row: tuple[Any, ...], location: bool
                       ) -> list[tuple[str, str]]:
-        headers = [("Content-ID", key), ("Object-ID", str(oid)), ("Content-Type", "image/jpeg"),
+        s = self.app.settings
+        headers = [("Content-ID", self._content_id(key)), ("Object-ID", str(oid)),
+                   ("Content-Type", "text/xml" if location and s.rets_location_xml else "image/jpeg"),
                    ("Content-Description", str(row[8]))]
         if row[2] == 0:
             headers.append(("Preferred", "1"))
         if location:
-            headers.append(("Location", self.app.photo_url(req.base_url, row)))
+            url = self.app.signed_photo_url(s.rets_location_base or req.base_url, row)
+            headers.append(("Location", xml_escape(url) if s.rets_location_escape else url))
         return headers
+
+    def _location_body(self) -> bytes:
+        """A Location part's body: empty, or (rets_location_xml) a RETS reply saying all is well."""
+        if self.app.settings.rets_location_xml:
+            return b'<RETS ReplyCode="0" ReplyText="Success"></RETS>'
+        return b""
 
     def _single(self, req: Request, key: str, oid: int, row: tuple[Any, ...] | None, location: bool) -> Response:
         if row is None:
@@ -406,28 +451,39 @@ class Rets:
             self.app.stats.fault("error_part")
             return reply(int(fault.get("code", 20403)), "Object unavailable")
         headers = self._part_headers(req, key, oid, row, location)
-        body = b"" if location else self.app.photo_bytes(row)
-        if location:
+        if self.app.faults.take("empty_part", req.path, listing_key=key, order=row[2]) is not None:
+            self.app.stats.fault("empty_part")
+            return Response(200, headers, b"", "jpeg")
+        body = self._location_body() if location else self.app.photo_bytes(row)
+        if location and not self.app.settings.rets_location_xml:
             headers = [(k, v) for k, v in headers if k != "Content-Type"] + [("Content-Type", "text/plain")]
         return Response(200, headers, body, "jpeg")
 
     def _multipart(self, req: Request, parts: list[tuple[str, int, tuple[Any, ...] | None]], boundary: str,
                    location: bool) -> Iterator[bytes]:
+        empty_parts = self.app.settings.rets_empty_parts
+        previous = None
         for i, (key, oid, row) in enumerate(parts):
             sep = "\r\n" if i else ""
+            if empty_parts and key != previous:  # seen from real servers: a part with nothing in it
+                yield f"{sep}--{boundary}\r\n\r\n".encode()
+                sep = "\r\n"
+            previous = key
             yield f"{sep}--{boundary}\r\n".encode()
             fault = row is not None and self.app.faults.take("error_part", req.path, listing_key=key, order=row[2])
             if row is None or fault:
                 code = int(fault.get("code", 20403)) if fault else 20403
                 if fault:
                     self.app.stats.fault("error_part")
-                yield (f"Content-ID: {key}\r\nObject-ID: {oid}\r\nContent-Type: text/xml\r\n\r\n"
+                yield (f"Content-ID: {self._content_id(key)}\r\nObject-ID: {oid}\r\nContent-Type: text/xml\r\n\r\n"
                        f'<RETS ReplyCode="{code}" ReplyText="No Object Found" />\r\n').encode()
                 continue
             head = "".join(f"{k}: {v}\r\n" for k, v in self._part_headers(req, key, oid, row, location))
             yield (head + "\r\n").encode()
-            if not location:
-                yield self.app.photo_bytes(row)
+            if self.app.faults.take("empty_part", req.path, listing_key=key, order=row[2]) is not None:
+                self.app.stats.fault("empty_part")
+                continue  # the headers of an object, and no bytes
+            yield self._location_body() if location else self.app.photo_bytes(row)
         yield f"\r\n--{boundary}--\r\n".encode()
 
 

@@ -7,6 +7,7 @@ bodies need; bodies are streamed with chunked encoding so a 100,000-row walk sta
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import re
 import shutil
@@ -15,6 +16,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ class MockMLS:
     def __init__(self, listings: int = 10_000, seed: int = 1, photos_per_listing: int = 5,
                  data_dir: str | Path | None = None, control: bool = False, host: str = "127.0.0.1",
                  port: int = 0, cluster_size: int | None = None, photo_cache_size: int = 64,
-                 photo_dir: str | Path | None = None, **settings: Any) -> None:
+                 photo_dir: str | Path | None = None, media_host: bool = False, **settings: Any) -> None:
         self.listings_count = listings
         self.seed = seed
         self.photos_per_listing = photos_per_listing
@@ -59,6 +61,12 @@ class MockMLS:
         self.reso = Reso(self)
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        # A second listener serving only /photos/: another origin, like a photo CDN.
+        self.media_host = media_host
+        self._media_httpd: _Server | None = None
+        self.media_port = 0
+        # Headers of the last photo requests (any listener), lower-cased names: what a CDN saw.
+        self.photo_requests: deque[dict[str, str]] = deque(maxlen=10_000)
         self.startup_seconds = 0.0
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -80,15 +88,24 @@ class MockMLS:
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="mock-mls", daemon=True)
         self._thread.start()
+        if self.media_host:
+            self._media_httpd = _Server((self.host, 0), _Handler)
+            self._media_httpd.app = self
+            self._media_httpd.media_only = True
+            self.media_port = self._media_httpd.server_address[1]
+            threading.Thread(target=self._media_httpd.serve_forever, name="mock-mls-media", daemon=True).start()
+            if not self.settings.rets_location_base:  # Location URLs point at the photo host, also after reset()
+                self.settings.rets_location_base = self._initial_settings["rets_location_base"] = self.media_url
         self.startup_seconds = time.perf_counter() - started
         return self
 
     def stop(self) -> None:
         """Stop serving and delete the SQLite file. Safe to call twice."""
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
+        for httpd in (self._httpd, self._media_httpd):
+            if httpd:
+                httpd.shutdown()
+                httpd.server_close()
+        self._httpd = self._media_httpd = None
         if self.store:
             self.store.close()
             for suffix in ("", "-wal", "-shm"):
@@ -108,6 +125,13 @@ class MockMLS:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def media_url(self) -> str:
+        """The photo-only second host (start with `media_host=True`): another origin than `url`."""
+        if not self.media_port:
+            raise ValueError("no media host: start MockMLS(media_host=True) / python -m mock_mls --media-host")
+        return f"http://{self.host}:{self.media_port}"
 
     @property
     def rets_login_url(self) -> str:
@@ -171,6 +195,7 @@ class MockMLS:
         self.rets.sessions.clear()
         self.reso.expire_tokens()
         self.limiter.reset()
+        self.photo_requests.clear()
 
     def listing(self, key: str) -> dict[str, Any] | None:
         """A listing as RESO would serve it (plus `MlgCanView`), or None if the key never existed."""
@@ -200,6 +225,12 @@ class MockMLS:
     # --- helpers used by the protocol modules -----------------------------------------------------
     def photo_url(self, base: str, row: tuple[Any, ...]) -> str:
         return f"{base or self.url}/photos/{row[1]}/{row[2]}/{row[3]}.jpg"
+
+    def signed_photo_url(self, base: str, row: tuple[Any, ...]) -> str:
+        """A photo URL with a CDN-style signed query (`?expires=..&sig=..`), checked when it is fetched."""
+        url = self.photo_url(base, row)
+        expires = "4102444800"  # 2100-01-01: the signature matters here, not the expiry
+        return f"{url}?expires={expires}&sig={_signature(url[url.index('/photos/'):], expires)}"
 
     def photo_bytes(self, row: tuple[Any, ...]) -> bytes:
         """JPEG for a media row, corrupted when a `corrupt_photo` fault names it."""
@@ -260,7 +291,11 @@ class MockMLS:
             return self.reso.handle(req)
         match = PHOTO_PATH.match(path)
         if match:
-            return self._photo(*match.groups())
+            self.photo_requests.append(dict(req.headers))
+            if "authorization" in req.headers or "cookie" in req.headers:
+                self.stats.add("photo_requests_with_credentials")
+            refused = _refuse_query(path, req.query)
+            return refused or self._photo(*match.groups())
         return Response(404, [("Content-Type", "text/plain")], b"not found")
 
     @staticmethod
@@ -289,7 +324,8 @@ class MockMLS:
         action = req.path[len("/_control/"):].strip("/")
         try:
             if action in ("", "state"):
-                return json_response({"url": self.url, "settings": self.settings.as_dict(),
+                return json_response({"url": self.url, "media_url": self.media_url if self.media_port else None,
+                                      "settings": self.settings.as_dict(),
                                       "faults": self.faults.active(), "clock": self.clock.now(),
                                       "counters": self.counters(), "credentials": self.credentials})
             if action == "configure":
@@ -324,6 +360,22 @@ class MockMLS:
         return odata_error(404, f"unknown control action {action!r}")
 
 
+def _signature(path: str, expires: str) -> str:
+    return hashlib.md5(f"{path}:{expires}".encode(), usedforsecurity=False).hexdigest()[:16]
+
+
+def _refuse_query(path: str, query: dict[str, str]) -> Response | None:
+    """A CDN's strictness: unknown parameters (`amp;sig` from an unescaped `&amp;`) and bad
+    signatures are refused; a URL without a query is served (RESO MediaURL, old links)."""
+    unknown = sorted(set(query) - {"expires", "sig"})
+    if unknown:
+        return Response(400, [("Content-Type", "text/plain")],
+                        f"unknown query parameter(s) {', '.join(unknown)}".encode())
+    if query and query.get("sig") != _signature(path, query.get("expires", "")):
+        return Response(403, [("Content-Type", "text/plain")], b"signature does not match")
+    return None
+
+
 def endpoint_name(path: str) -> str:
     """Counter key per transaction / entity set: rets:search, reso:Property, photo, ..."""
     if path.startswith("/rets/"):
@@ -343,6 +395,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
     app: MockMLS
+    media_only = False  # the photo host answers /photos/ only, like a CDN
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -374,7 +427,10 @@ class _Handler(BaseHTTPRequestHandler):
         host = headers.get("host") or f"{app.host}:{app.port}"
         req = Request.build(self.command, self.path, headers, body, f"http://{host}")
         try:
-            resp = app.dispatch(req)
+            if self.server.media_only and not req.path.startswith("/photos/"):
+                resp = Response(404, [("Content-Type", "text/plain")], b"not found (photo host)")
+            else:
+                resp = app.dispatch(req)
         except Exception as exc:  # a mock bug must still answer, loudly
             resp = odata_error(500, f"mock_mls internal error: {type(exc).__name__}: {exc}")
         self._send(req, resp)

@@ -4,7 +4,8 @@ Every subcommand goes through `mls_sync.sources.open_source`, i.e. the same Sour
 DAGs run, so "it works from the CLI" means "the sync will see the same thing". The CLI knows no
 protocol: a provider YAML (or explicit RETS arguments for an MLS that has none yet) picks it.
 
-Exit codes: 0 ok, 2 usage or configuration, 3 authentication, 4 server or network.
+Exit codes: 0 ok, 2 usage or configuration (also: the server does not answer as configured),
+3 authentication, 4 server or network.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mls_sync.sources.base import AuthError, PhotoObject, SearchCriteria, Source, SourceError
+from mls_sync.sources.base import AuthError, MismatchError, PhotoObject, SearchCriteria, Source, SourceError
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig
@@ -139,15 +140,22 @@ def cmd_search(args: argparse.Namespace, source: Source) -> int:
         select=tuple(s.strip() for s in (args.select or "").split(",") if s.strip()),
         raw_query=args.query,
     )
-    written = 0
+    key_field = provider_from_args(args).roles().key if args.provider else args.key_field
+    written = keyless = 0
     out = sys.stdout
-    for page in source.pages(criteria):
-        for record in page.records:
-            if args.limit is not None and written >= args.limit:
-                return EXIT_OK
-            out.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
-            written += 1
-        out.flush()
+    try:
+        for page in source.pages(criteria):
+            for record in page.records:
+                if args.limit is not None and written >= args.limit:
+                    return EXIT_OK
+                out.write(json.dumps(record, ensure_ascii=False, default=_json_default) + "\n")
+                written += 1
+                keyless += record.get(key_field) in (None, "")
+            out.flush()
+    finally:
+        if keyless:  # printed as the server sent them; a sync rejects them (mls_sync_errors)
+            print(f"mls-sync: {keyless} of {written} records have no {key_field}; a sync rejects them",
+                  file=sys.stderr)
     if args.verbose:
         print(f"{written} records", file=sys.stderr)
     return EXIT_OK
@@ -316,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             return args.handler(args, source)
     except UsageError as exc:
         return _fail(str(exc), EXIT_USAGE)
+    except MismatchError as exc:
+        return _fail(f"the server does not answer as configured: {exc}", EXIT_USAGE)
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}", EXIT_AUTH)
     except SourceError as exc:

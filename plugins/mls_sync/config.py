@@ -82,6 +82,9 @@ class RetsSettings(_Strict):
     photo_location: bool = False  # ask GetObject for Location=1 URLs instead of bytes
     photos_per_request: int = Field(20, ge=1, le=500)  # listings per multipart GetObject
     timeout_seconds: float = Field(120, gt=0)
+    # The DMQL a query sends when nothing else narrows it (no filter, no time window); default
+    # ((KEY=.EMPTY.)|~(KEY=.EMPTY.)), true for every record. For servers that refuse .EMPTY.
+    match_all: str | None = None
 
 
 class ResoSettings(_Strict):

@@ -175,6 +175,8 @@ def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, A
                                    ref=f"keyless:{sid}:{totals['pages'] + 1}",
                                    message=f"{len(keyless)} record(s) without {key_field} on page {number}",
                                    payload=keyless[0], sync_id=sid, max_attempts=1)
+            runs.add_counts(c, t, sid, {"failed": len(keyless)})  # rejected, like a record that cannot map
+            log.warning("fetch: %d record(s) without %s on page %d rejected", len(keyless), key_field, number)
         totals["pages"] += 1
         totals["records"] += len(keyed)
         totals["keyless"] += len(keyless)

@@ -95,15 +95,32 @@ def test_compact_shape_count_limit_offset_and_maxrows(mls: MockMLS) -> None:
     first_keys = [line.split("\t")[1] for line in text.splitlines() if line.startswith("<DATA>")]
     assert first_keys == sorted(first_keys)
     page2 = search(s, mls, Select="LIST_1", Limit="10", Offset="501").text
-    assert "<MAXROWS" not in page2
+    assert "<MAXROWS />" in page2  # Limit cut it: more rows match
     keys2 = [line.split("\t")[1] for line in page2.splitlines() if line.startswith("<DATA>")]
     assert keys2[0] > first_keys[-1] and len(keys2) == 10
+    last = search(s, mls, Select="LIST_1", Limit="10", Offset="1496").text
+    assert last.count("<DATA>") == 5 and "<MAXROWS" not in last
+    exact = search(s, mls, Select="LIST_1", Limit="5", Offset="1496").text
+    assert exact.count("<DATA>") == 5 and "<MAXROWS" not in exact  # nothing after the fifth
     assert search(s, mls, Count="2").text.count("<DATA>") == 0
     assert 'ReplyCode="20201"' in search(s, mls, Query="(LIST_39=Nowhere)").text
     row = search(s, mls, Select="LIST_15,LIST_87", Limit="1", Format="COMPACT").text
     code, stamp = row.split("<DATA>")[1].split("\t")[1:3]
     assert code in {"ACT", "AUC", "CAN", "CLS", "CS", "DEL", "EXP", "HLD", "INC", "PND", "WDN"}
     assert "Z" not in stamp and "+" not in stamp  # local time, no zone
+
+
+def test_a_client_paging_on_maxrows_alone_gets_every_row(mls: MockMLS) -> None:
+    """The way PHRETS-style clients page: the same Limit, Offset moved on, until no <MAXROWS/>."""
+    s = rets_login(mls)
+    keys: list[str] = []
+    for _ in range(40):
+        text = search(s, mls, Select="LIST_1", Limit="100", Offset=str(len(keys) + 1)).text
+        keys += [line.split("\t")[1] for line in text.splitlines() if line.startswith("<DATA>")]
+        if "<MAXROWS" not in text:
+            break
+    assert len(keys) == len(set(keys)) == 1500  # stopped after 100 rows when only the cap set MAXROWS
+    assert keys == mls.all_keys()
 
 
 def test_offset_modes(mls: MockMLS) -> None:

@@ -20,11 +20,12 @@ from PIL import Image
 pytestmark = pytest.mark.integration
 
 
-def source(mls: Any, *, sleep: bool = False, password: str | None = None, **rets: Any) -> RetsSource:
+def source(mls: Any, *, sleep: bool = False, password: str | None = None, extra: dict[str, Any] | None = None,
+           **rets: Any) -> RetsSource:
     c = mls.credentials
     conn = from_mapping("mls_demo_rets", {
         "host": mls.rets_login_url, "login": c["username"], "password": password or c["password"],
-        "extra": {"user_agent": c["user_agent"], "ua_password": c["ua_password"]}})
+        "extra": {"user_agent": c["user_agent"], "ua_password": c["ua_password"], **(extra or {})}})
     provider = find_provider("demo_rets")
     if rets:
         provider = provider.model_copy(update={"rets": provider.rets.model_copy(update=rets)})

@@ -13,6 +13,7 @@ from mls_sync.sources.rets.dmql import format_ts
 from mls_sync.sources.rets.search import PageResult, SearchWalk
 
 START = datetime(2024, 1, 1)
+MATCH_ALL = "((K=.EMPTY.)|~(K=.EMPTY.))"
 
 
 def make_records(n: int, cluster: int, seed: int = 3) -> list[dict[str, str]]:
@@ -34,6 +35,7 @@ class FakeServer:
         self.calls = 0
         self.offsets: list[int | None] = []
         self.counted: list[bool] = []
+        self.queries: list[str] = []
 
     def fetch(self, query: str, offset: int | None, count: bool) -> PageResult:
         self.calls += 1
@@ -41,13 +43,17 @@ class FakeServer:
         self.counted.append(count)
         if offset is not None and self.mode == "reject":
             raise QueryError("Offset not supported", code=20203)
+        self.queries.append(query)
         rows = self.records
+        query = query.replace(MATCH_ALL, "")
         ts = r"\d{4}-\d{2}-\d{2}T[0-9:.]+"
         m = re.search(rf"\(M=({ts})(?:-({ts}))?(\+)?\)", query)
-        if m:
+        if m:  # a range leaves out empty values, as real servers' SQL does
             low = datetime.fromisoformat(m.group(1))
             high = datetime.fromisoformat(m.group(2)) if m.group(2) else datetime.max
-            rows = [r for r in rows if low <= datetime.fromisoformat(r["M"]) <= high]
+            rows = [r for r in rows if r["M"] and low <= datetime.fromisoformat(r["M"]) <= high]
+        if "(M=.EMPTY.)" in query:
+            rows = [r for r in rows if not r["M"]]
         for neg, body in re.findall(r"(~?)\(K=([^)]*)\)", query):
             prefixes = [p.rstrip("*") for p in body.split(",")]
             hit = [r for r in rows if any(r["K"].startswith(p) for p in prefixes)]
@@ -89,7 +95,7 @@ def test_a_repeated_page_sizes_the_windows_with_the_walks_count() -> None:
     server = QuietCapServer(make_records(3000, cluster=900), cap=500, offset_mode="ignore")
     keys, _ = walk(server)
     assert len(keys) == len(set(keys)) == 3000
-    assert server.calls <= 13
+    assert server.calls <= 14  # 13 + the closing ask for records without a modification time
 
 
 def test_resume_from_a_cursor_in_window_mode() -> None:
@@ -183,3 +189,81 @@ def test_window_walk_yields_each_record_once_beyond_the_dedupe_memory() -> None:
     keys, last = walk(server)
     assert last is None
     assert len(keys) == len(set(keys)) == 24_000
+
+
+def test_no_time_clause_without_a_window_or_watermark() -> None:
+    """A full Offset walk sends its filters alone (or the match-all clause): no
+    (M=1970-01-01T00:00:00+) that drops records whose modification time is empty."""
+    records = make_records(700, cluster=0)
+    for r in records[::50]:
+        r["M"] = ""
+    server = FakeServer(records, cap=300, offset_mode="honour")
+    keys, _ = walk(server)
+    assert sorted(keys) == sorted(r["K"] for r in records)
+    assert set(server.queries) == {MATCH_ALL}
+    for base, since, want in ((["(S=A)"], None, "(S=A)"), ([], START, f"(M={format_ts(START)}+)")):
+        w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=300, offset_mode="auto",
+                       now=lambda: START, offset_ok={"ok": None})
+        server.queries.clear()
+        next(w.walk(base, since, None, None))
+        assert server.queries == [want]  # filters alone; a watermark does need its clause
+
+
+@pytest.mark.parametrize("mode", ["ignore", "reject"])
+def test_a_full_window_walk_asks_for_records_without_a_modification_time_last(mode: str) -> None:
+    records = make_records(2000, cluster=300)
+    blank = records[::7]  # 286 of them: more than a page of 250, so that window is split by key
+    for r in blank:
+        r["M"] = ""
+    server = FakeServer(records, cap=250, offset_mode=mode)
+    keys, last = walk(server)
+    assert last is None
+    assert len(keys) == len(set(keys)) == 2000
+    assert any("(M=.EMPTY.)" in q for q in server.queries)
+
+
+def test_a_resumed_window_walk_still_ends_with_the_empty_timestamps() -> None:
+    records = make_records(1500, cluster=0)
+    for r in records[::10]:
+        r["M"] = ""
+    server = FakeServer(records, cap=300, offset_mode="ignore")
+    first, cursor = walk(server, stop_after=3)
+    rest, _ = walk(server, state=json.loads(json.dumps(cursor)))
+    assert set(first) | set(rest) == {r["K"] for r in records}
+
+
+def test_a_watermark_walk_does_not_ask_for_empty_timestamps() -> None:
+    """Records with no modification time were not modified since anything: the next full walk
+    reads them; an incremental walk by windows does not ask."""
+    records = make_records(900, cluster=0)
+    records[0]["M"] = ""
+    server = FakeServer(records, cap=300, offset_mode="ignore")
+    w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=300, offset_mode="auto",
+                   now=lambda: START + timedelta(days=400), offset_ok={"ok": None})
+    keys = [r["K"] for recs, _ in w.walk([], START, None, None) for r in recs]
+    assert records[0]["K"] not in keys and len(keys) == 899
+    assert not any(".EMPTY." in q for q in server.queries)
+
+
+def test_a_server_refusing_empty_fails_the_full_window_walk_loudly() -> None:
+    class NoEmpty(FakeServer):
+        def fetch(self, query: str, offset: int | None, count: bool) -> PageResult:
+            if "(M=.EMPTY.)" in query:
+                raise QueryError("Unknown value .EMPTY.", code=20206)
+            return super().fetch(query, offset, count)
+
+    server = NoEmpty(make_records(900, cluster=0), cap=300, offset_mode="ignore")
+    with pytest.raises(QueryError, match=r"records whose M is empty"):
+        walk(server)
+
+
+def test_rows_without_a_key_are_passed_on_not_dropped() -> None:
+    """The engine rejects and logs them; the walk neither drops them nor folds them into one."""
+    records = make_records(600, cluster=0)
+    for r in records[100:103]:
+        r["K"] = ""
+    server = FakeServer(records, cap=250, offset_mode="honour")
+    w = SearchWalk(server.fetch, key_field="K", modified_field="M", page_size=250, offset_mode="auto",
+                   now=lambda: START, offset_ok={"ok": None})
+    rows = [r for recs, _ in w.walk([], None, None, None) for r in recs]
+    assert len(rows) == 600 and sum(1 for r in rows if not r["K"]) == 3

@@ -9,9 +9,14 @@ import responses
 from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
 from mls_sync.limits import Budget, RateLimiter
-from mls_sync.sources.base import AuthError, QueryError, RateLimitError, SearchCriteria, ServerError
+from mls_sync.sources.base import AuthError, MismatchError, QueryError, RateLimitError, SearchCriteria, ServerError
 from mls_sync.sources.rets import RetsSource
 from mls_sync.sources.rets.auth import ua_digest
+from mls_sync.sources.rets.session import OriginScope, trusted_origins
+
+from tests.shared_fixtures import SHARED_FIXTURES
+
+LIBRETS = SHARED_FIXTURES / "librets/unit"
 
 BASE = "http://rets.test"
 LOGIN = f"{BASE}/rets/login"
@@ -184,3 +189,65 @@ def test_metadata_cached_and_time_zone() -> None:
     facts = src.check()
     assert facts["system_id"] == "T" and facts["rets_version"] == "RETS/1.8"
     assert src.stats["requests"]["GetMetadata"] == 1
+
+
+@responses.activate
+@pytest.mark.parametrize("auth", ["basic", "digest"])
+def test_credentials_and_cookies_go_to_the_login_origin_only(auth: str) -> None:
+    """A Location URL on a CDN, and one on the RETS host that redirects to the CDN: the CDN gets
+    a plain GET (no Authorization, no RETS cookie although its Domain covers the CDN), with the
+    XML-escaped `&amp;` of the header turned back into `&`."""
+    base, cdn = "http://rets.example.com", "http://cdn.example.com"
+    if auth == "digest":
+        challenge = {"WWW-Authenticate": 'Digest realm="r", nonce="n1", qop="auth"'}
+        responses.add(responses.GET, f"{base}/rets/login", status=401, headers=challenge)
+    responses.add(responses.GET, f"{base}/rets/login", body=LOGIN_BODY.replace("Action=/rets/action\n", ""),
+                  headers={"Set-Cookie": "RETS-Session-ID=S1; Domain=.example.com; Path=/"})
+    multipart = ("--B\r\nContent-ID: K\r\nObject-ID: 1\r\nContent-Type: image/jpeg\r\n"
+                 f"Location: {cdn}/p/1.jpg?w=1&amp;sig=abc\r\n\r\n\r\n"
+                 "--B\r\nContent-ID: K\r\nObject-ID: 2\r\nContent-Type: image/jpeg\r\n"
+                 "Location: /media/2.jpg\r\n\r\n\r\n--B--\r\n")
+    responses.add(responses.GET, f"{base}/rets/object", body=multipart,
+                  content_type='multipart/parallel; boundary="B"')
+    responses.add(responses.GET, f"{base}/media/2.jpg", status=302, headers={"Location": f"{cdn}/p/2.jpg"})
+    for n in (1, 2):
+        responses.add(responses.GET, f"{cdn}/p/{n}.jpg", body=b"JPEG%d" % n, content_type="image/jpeg")
+    conn = Connection("unit", host=f"{base}/rets/login", login="user", password=PASSWORD,
+                      extra={"user_agent": "Agent/1.0", "auth": auth})
+    src = RetsSource.from_config(provider(), conn, RateLimiter(Budget()), sleep=lambda s: None)
+    photos = list(src.photos(["K"]))
+    assert [(p.order, p.data) for p in photos] == [(0, b"JPEG1"), (1, b"JPEG2")]
+    sent = [c.request for c in responses.calls]
+    to_cdn = [r for r in sent if r.url.startswith(cdn)]
+    assert [r.url for r in to_cdn] == [f"{cdn}/p/1.jpg?w=1&sig=abc", f"{cdn}/p/2.jpg"]
+    assert not [r for r in to_cdn if "Authorization" in r.headers or "Cookie" in r.headers]
+    rets = [r for r in sent if r.url.startswith(f"{base}/rets/object") or r.url.startswith(f"{base}/media")]
+    assert all("RETS-Session-ID=S1" in r.headers["Cookie"] and r.headers["Authorization"] for r in rets)
+
+
+def test_origins_compare_scheme_host_and_port() -> None:
+    scope = OriginScope("http://RETS.example.com/rets/login", ["https://photos.example.com:8443/x"])
+    assert scope("http://rets.example.com:80/rets/search")
+    assert scope("https://rets.example.com/rets/search")  # the TLS upgrade of the same host
+    assert scope("https://photos.example.com:8443/p.jpg")
+    assert not scope("http://rets.example.com:6103/rets/search")
+    assert not scope("http://cdn.example.com/p.jpg") and not scope("https://photos.example.com/p.jpg")
+    assert not scope("http://rets.example.com:notaport/")
+    assert trusted_origins("https://a.test, https://b.test") == ["https://a.test", "https://b.test"]
+
+
+@responses.activate
+@pytest.mark.parametrize("name", ["logout-valid15.xml", "logout-cris.xml"])
+def test_a_logout_url_as_login_url_is_named_as_the_likely_mistake(name: str) -> None:
+    """Recorded Logout replies (ReplyCode 0, no capability list) where a Login reply was expected."""
+    responses.add(responses.GET, LOGIN, body=(LIBRETS / name).read_bytes())
+    with pytest.raises(MismatchError, match="probably not the RETS Login transaction"):
+        make_source().check()
+
+
+@responses.activate
+def test_a_login_without_search_or_metadata_rights_says_so() -> None:
+    responses.add(responses.GET, LOGIN, body='<RETS ReplyCode="0" ReplyText="ok"><RETS-RESPONSE>\n'
+                  "Logout=/rets/logout\nGetObject=/rets/object\n</RETS-RESPONSE></RETS>")
+    with pytest.raises(AuthError, match=r"granted neither Search nor GetMetadata \(only GetObject, Logout\)"):
+        make_source().check()

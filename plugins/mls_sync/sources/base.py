@@ -52,6 +52,11 @@ class QueryError(SourceError):
     category = "data"
 
 
+class MismatchError(QueryError):
+    """The server answers, but not the way the configuration says it will (rows without the
+    configured key field, a login URL that is not the Login transaction): fix the setting."""
+
+
 class MetadataCache(Protocol):
     """Where a source keeps server metadata between runs (the store gives it one table)."""
 

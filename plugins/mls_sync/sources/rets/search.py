@@ -12,7 +12,16 @@ Strategy, per query:
    (DMQL2 has no character ranges on most servers; prefixes are standard `string-start`.)
 
 Every record is yielded once per walk (deduplicated by key), and the state after each page is a
-small JSON dict, so a retried task resumes where the last checkpoint left off.
+small JSON dict, so a retried task resumes where the last checkpoint left off. A row with an
+empty key is yielded as it came (it cannot be deduplicated): the engine logs it as rejected.
+
+Time clauses only where a window or a watermark needs one. Without either, a query with no
+other clause is `match_all` (by default `((KEY=.EMPTY.)|~(KEY=.EMPTY.))`, which every record
+matches, empty key or not). Records whose modification time is empty are in no time window, so:
+an Offset walk of a full sync never filters on time and gets them; a full walk that had to page
+by windows asks for them at its end with `(MODIFIED=.EMPTY.)` (and fails, rather than miss them
+silently, if the server refuses that); a walk from a watermark (`since`) cannot see them by
+definition, the next full sync does.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from mls_sync.sources.rets import dmql
 log = logging.getLogger(__name__)
 FLOOR = datetime(1970, 1, 1)
 MS = timedelta(milliseconds=1)
+EMPTY = ".EMPTY."  # a window segment for the records whose modification time is empty
 
 
 @dataclass
@@ -51,10 +61,12 @@ class SearchWalk:
     """One query's walk; `offset_ok` is learned once per source and shared between walks."""
 
     def __init__(self, fetch: Fetch, *, key_field: str, modified_field: str, page_size: int,
-                 offset_mode: str, now: Callable[[], datetime], offset_ok: dict[str, bool | None]) -> None:
+                 offset_mode: str, now: Callable[[], datetime], offset_ok: dict[str, bool | None],
+                 match_all: str | None = None) -> None:
         self.fetch = fetch
         self.key = key_field
         self.modified = modified_field
+        self.match_all = match_all or f"(({key_field}=.EMPTY.)|~({key_field}=.EMPTY.))"
         self.page_size = page_size
         self.offset_mode = offset_mode
         self.now = now
@@ -75,7 +87,10 @@ class SearchWalk:
         out = []
         for r in records:
             k = r.get(self.key)
-            if k is None or k in self.seen or k in self.first_page:
+            if not k:
+                out.append(r)  # no key to deduplicate by: passed on, the engine rejects and logs it
+                continue
+            if k in self.seen or k in self.first_page:
                 continue
             self.seen[k] = None
             out.append(r)
@@ -83,10 +98,18 @@ class SearchWalk:
             del self.seen[next(iter(self.seen))]
         return out
 
-    def _time_clause(self, low: datetime | None, high: datetime | None) -> str:
-        if low is None and high is None:
-            low = FLOOR
-        return dmql.clause_range(self.modified, low and dmql.format_ts(low), high and dmql.format_ts(high))
+    def _query(self, base: list[str], since: datetime | None, until: datetime | None) -> str:
+        """The base clauses, a time range only when a watermark or window asks for one, else match_all."""
+        clauses = list(base)
+        if since is not None or until is not None:
+            clauses.append(dmql.clause_range(self.modified, since and dmql.format_ts(since),
+                                             until and dmql.format_ts(until)))
+        return dmql.and_all(clauses) or self.match_all
+
+    def _segment_clause(self, seg: list[Any]) -> str:
+        if seg[0] == EMPTY:
+            return f"({self.modified}={EMPTY})"
+        return dmql.clause_range(self.modified, seg[0], seg[1])
 
     # -- entry point ---------------------------------------------------------------------------
     def walk(self, base: list[str], since: datetime | None, until: datetime | None,
@@ -97,7 +120,7 @@ class SearchWalk:
         if state.get("mode") == "window" or not use_offset:
             yield from self._windows(base, since, until, state)
             return
-        query = dmql.and_all([*base, self._time_clause(since, until)])
+        query = self._query(base, since, until)
         offset = int(state.get("offset") or 1)
         head = state.get("head")
         # COUNT is a second query on the server for every page that asks for it, so the total is
@@ -120,7 +143,7 @@ class SearchWalk:
             fresh = asked and res.count is not None
             if fresh:
                 total = res.count
-            keys = [r.get(self.key) for r in res.records]
+            keys = [k for r in res.records if (k := r.get(self.key))]
             if offset > 1 and keys and (keys[0] == head or all(k in self.seen for k in keys)):
                 if self.offset_mode == "always":
                     raise ServerError("server ignores Offset (page repeated) and rets.offset is 'always'")
@@ -145,7 +168,7 @@ class SearchWalk:
             else:
                 done = not res.records or (not res.maxrows and len(res.records) < self.page_size)
             if first:
-                self.page_one = {k for k in keys if k is not None}
+                self.page_one = set(keys)
             yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
             if done:
                 return
@@ -161,18 +184,21 @@ class SearchWalk:
             low = since or FLOOR
             high = until or (self.now() + timedelta(hours=1))
             stack = [[dmql.format_ts(low), dmql.format_ts(high), None, None]]
+            if since is None and until is None:  # a full walk: last, the records no window holds
+                stack.insert(0, [EMPTY, EMPTY, None, None])
         while stack:
             seg = stack.pop()
             if first is not None:
                 res, first = first, None
             else:
-                clauses = [*base, dmql.clause_range(self.modified, seg[0], seg[1])]
+                clauses = [*base, self._segment_clause(seg)]
                 if seg[2] is not None:
                     clauses += self._prefix_clauses(seg[2], seg[3])
-                res = self.fetch(dmql.and_all(clauses), None, True)
+                res = self._fetch_segment(dmql.and_all(clauses), seg)
             if res.overflows():
-                low, high = dmql.parse_ts(seg[0]), dmql.parse_ts(seg[1])
-                if seg[2] is None and high > low:
+                timed = seg[2] is None and seg[0] != EMPTY  # the EMPTY segment can only split by key
+                low, high = (dmql.parse_ts(seg[0]), dmql.parse_ts(seg[1])) if timed else (FLOOR, FLOOR)
+                if high > low:
                     parts = self._split_time(low, high, res)
                     log.debug("window %s..%s holds %s records: %d windows", seg[0], seg[1], res.count, len(parts))
                 else:  # one instant still overflows: a bulk update; split by key prefix
@@ -183,6 +209,18 @@ class SearchWalk:
                 yield [], self._state(stack)
                 continue
             yield self._new(res.records), self._state(stack)
+
+    def _fetch_segment(self, query: str, seg: list[Any]) -> PageResult:
+        try:
+            return self.fetch(query, None, True)
+        except QueryError as exc:
+            if seg[0] != EMPTY:
+                raise
+            raise QueryError(
+                f"the server refused ({self.modified}={EMPTY}) ({exc}). It ignores or refuses Offset, so this "
+                f"full walk pages by {self.modified} windows, and records whose {self.modified} is empty are "
+                "in none of them: the walk stops rather than miss them without a word", code=exc.code,
+                body=exc.body) from None
 
     def _state(self, stack: list[list[Any]]) -> dict[str, Any] | None:
         return {"mode": "window", "stack": [list(s) for s in stack]} if stack else None

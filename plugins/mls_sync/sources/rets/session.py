@@ -5,6 +5,12 @@ sends the RETS headers (RETS-Version as negotiated, RETS-UA-Authorization recomp
 current session cookie), maps HTTP statuses and ReplyCodes to Source errors, logs in again once
 on 401/20037 with a fresh cookie jar, and lets `call_with_retry` back off on network errors,
 5xx and rate limits. Secrets are scrubbed from every error it raises.
+
+Credentials (the HTTP Authorization header, Basic or Digest) and cookies go only to the login
+URL's origin (scheme, host, port) and to origins the connection explicitly trusts: a photo URL
+(`Location=1`) usually points at a CDN, which gets a plain GET. This is enforced below the
+transactions (the auth object, the requests Session, the cookie jar's policy), so redirects and
+Digest's challenge handling obey it too.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ import logging
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 from requests.cookies import RequestsCookieJar, extract_cookies_to_jar
 
 from mls_sync.limits import Budget, RateLimiter, RetryPolicy, call_with_retry, retry_after_seconds
-from mls_sync.sources.base import AuthError, Masker, ServerError, SourceError
+from mls_sync.sources.base import AuthError, Masker, MismatchError, ServerError, SourceError
 from mls_sync.sources.rets.auth import LoginInfo, normalise_version, parse_login, ua_digest
 from mls_sync.sources.rets.compact import parse_bytes
 from mls_sync.sources.rets.errors import SessionExpired, http_error, reply_error
@@ -40,28 +48,119 @@ def charset_of(resp: requests.Response) -> str | None:
     return m.group(1) if m else None
 
 
-class _ChallengeAuth(AuthBase):
-    """HTTP Digest, or Basic when the server's challenge asks only for Basic."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+Origin = tuple[str, str, int | None]
 
-    def __init__(self, username: str, password: str, mode: str = "auto") -> None:
+
+def origin(url: str) -> Origin:
+    """(scheme, host, port) with the scheme's default port filled in: what "the same server" means."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is not a number: matches no origin
+        port = -1
+    return scheme, (parts.hostname or "").lower(), port or _DEFAULT_PORTS.get(scheme)
+
+
+class OriginScope:
+    """The origins that may see our credentials and cookies: the login URL's, plus trusted ones.
+
+    A trusted plain-HTTP origin on port 80 also covers its HTTPS upgrade on 443 (same host, a
+    redirect to TLS), as requests itself allows when it keeps auth across redirects.
+    """
+
+    def __init__(self, login_url: str, trusted: Iterable[str] = ()) -> None:
+        self.origins = {origin(login_url), *(origin(u) for u in trusted)}
+
+    def __call__(self, url: str) -> bool:
+        o = origin(url)
+        return o in self.origins or (o[0] == "https" and o[2] == 443 and ("http", o[1], 80) in self.origins)
+
+
+def trusted_origins(value: object) -> list[str]:
+    """The connection's `trusted_origins` extra: a list, or one comma-separated string, of URLs."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(v).strip() for v in items if str(v).strip()] if isinstance(items, (list, tuple)) else []
+
+
+class _ScopedCookies(DefaultCookiePolicy):
+    """Cookies are kept only from allowed origins (a CDN cannot plant a RETS-Session-ID)."""
+
+    def __init__(self, allowed: OriginScope) -> None:
+        super().__init__()
+        self._allowed = allowed
+
+    def set_ok(self, cookie: Cookie, request: Any) -> bool:
+        return self._allowed(request.get_full_url()) and super().set_ok(cookie, request)
+
+
+class _ScopedSession(requests.Session):
+    """A requests Session that sends cookies (and, after a redirect, credentials) only where allowed.
+
+    requests copies the session's cookies into a fresh jar for each request, so a jar policy cannot
+    stop them; and cookie domains ignore ports, so 127.0.0.1:9000 would get 127.0.0.1:8000's cookies.
+    """
+
+    def __init__(self, allowed: OriginScope) -> None:
+        super().__init__()
+        self._allowed = allowed
+
+    def prepare_request(self, request: requests.Request) -> requests.PreparedRequest:
+        prepared = super().prepare_request(request)
+        if not self._allowed(prepared.url or ""):
+            prepared.headers.pop("Cookie", None)
+        return prepared
+
+    def rebuild_auth(self, prepared_request: requests.PreparedRequest, response: requests.Response) -> None:
+        super().rebuild_auth(prepared_request, response)
+        if not self._allowed(prepared_request.url or ""):
+            prepared_request.headers.pop("Cookie", None)
+            prepared_request.headers.pop("Authorization", None)
+
+
+class _ChallengeAuth(AuthBase):
+    """HTTP Digest, or Basic when the server's challenge asks only for Basic; allowed origins only.
+
+    requests' Digest answers any 401 challenge and, once it has a nonce, signs every request it
+    prepares, whatever the host: both are limited to `allowed` here, also for redirects.
+    """
+
+    def __init__(self, username: str, password: str, mode: str = "auto",
+                 allowed: Callable[[str], bool] = lambda url: True) -> None:
         self._digest = HTTPDigestAuth(username, password)
         self._basic = HTTPBasicAuth(username, password)
         self.mode = mode  # auto | digest | basic
+        self.allowed = allowed
 
     def __repr__(self) -> str:
         return f"<_ChallengeAuth mode={self.mode}>"
 
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        if not self.allowed(r.url or ""):
+            return r
         if self.mode == "basic":
             return self._basic(r)
+        before = list(r.hooks["response"])
         r = self._digest(r)
+        r.hooks["response"] = before + [self._scoped(h) for h in r.hooks["response"][len(before):]]
         if self.mode == "auto":
             r.register_hook("response", self._maybe_basic)
         return r
 
+    def _scoped(self, hook: Callable[..., requests.Response]) -> Callable[..., requests.Response]:
+        """A response hook that answers challenges only from allowed origins (a redirect may leave)."""
+        def run(r: requests.Response, **kwargs: Any) -> requests.Response:
+            return hook(r, **kwargs) if self.allowed(r.request.url or "") else r
+        return run
+
     def _maybe_basic(self, r: requests.Response, **kwargs: Any) -> requests.Response:
         challenge = r.headers.get("www-authenticate", "").lower()
         if r.status_code != 401 or "basic" not in challenge or "digest" in challenge:
+            return r
+        if not self.allowed(r.request.url or ""):
             return r
         self.mode = "basic"
         r.content  # noqa: B018 - drain so the connection can be reused
@@ -83,8 +182,9 @@ class RetsSession:
                  ua_password: str | None = None, version: str = "RETS/1.7.2", auth: str = "auto",
                  request_id: str | None = None, limiter: RateLimiter | None = None,
                  policy: RetryPolicy | None = None, timeout: float = 120.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, trusted: Iterable[str] = ()) -> None:
         self.login_url = login_url
+        self.scope = OriginScope(login_url, trusted)
         self._username = username
         self._password = password
         self.user_agent = user_agent
@@ -108,9 +208,9 @@ class RetsSession:
 
     # -- plumbing ------------------------------------------------------------------------------
     def _new_http(self) -> requests.Session:
-        http = requests.Session()
-        http.auth = _ChallengeAuth(self._username, self._password, self._auth_mode)
-        http.cookies = RequestsCookieJar()
+        http = _ScopedSession(self.scope)
+        http.auth = _ChallengeAuth(self._username, self._password, self._auth_mode, self.scope)
+        http.cookies = RequestsCookieJar(_ScopedCookies(self.scope))
         return http
 
     def _scrub(self, exc: SourceError) -> SourceError:
@@ -215,12 +315,16 @@ class RetsSession:
             raise self._scrub(reply_error(info.code, info.text, "", "Login",
                                           retry_after_seconds(resp.headers.get("Retry-After"))))
         if "Search" not in info.capabilities and "GetMetadata" not in info.capabilities:
-            raise self._scrub(AuthError("Login succeeded but the server granted neither Search nor "
-                                        "GetMetadata; ask the MLS to enable them for this account"))
+            raise self._scrub(self._not_login(info))
         self.capabilities = info.capabilities
         self.capabilities.setdefault("Login", self.login_url)
         self.login_info = info
         self.logged_in = True
+        elsewhere = sorted(name for name, url in self.capabilities.items() if not self.scope(url))
+        if elsewhere:
+            log.warning("RETS capabilities %s are not on the login URL's origin; they get no credentials or "
+                        "cookies (list their origin in the connection's extra.trusted_origins if the MLS "
+                        "serves RETS there)", ", ".join(elsewhere))
         action = info.capabilities.get("Action")
         if action:
             try:  # spec: fetch the Action URL after login; its content does not matter
@@ -230,6 +334,21 @@ class RetsSession:
                 log.warning("RETS Action URL failed after login (ignored): %s", self.redact(str(exc)))
         log.info("RETS login ok (%s, %s)", self.login_url, self.version)
         return info
+
+    def _not_login(self, info: LoginInfo) -> SourceError:
+        """ReplyCode 0 without Search or GetMetadata: usually not the Login URL at all (a Logout or
+        another transaction answers 0 too), else an account without those rights."""
+        said = f'ReplyCode 0 "{info.text}"'.replace(' ""', "")
+        if not info.capabilities:
+            hint = ", ".join(f"{k}={v}" for k, v in list(info.info.items())[:4])
+            return MismatchError(
+                f"{self.login_url} answered {said} but listed no capability URLs"
+                f"{f' (it said {hint})' if hint else ''}: this URL is probably not the RETS Login "
+                "transaction (a Logout or other transaction URL?); set the connection's login URL to "
+                "the Login URL the MLS gave you")
+        return AuthError(f"Login at {self.login_url} answered {said} but granted neither Search nor "
+                         f"GetMetadata (only {', '.join(sorted(info.capabilities))}): if this is the Login URL, "
+                         "ask the MLS to enable them for this account")
 
     def relogin(self) -> None:
         """A fresh cookie jar and auth state, then log in again."""

@@ -13,6 +13,7 @@ import requests
 from mls_sync.limits import RateLimiter, RetryPolicy, is_retryable
 from mls_sync.sources.base import (
     MetadataCache,
+    MismatchError,
     Page,
     PhotoObject,
     SearchCriteria,
@@ -27,7 +28,7 @@ from mls_sync.sources.rets.errors import EMPTY_CODES, MAX_RECORDS, NO_OBJECT, re
 from mls_sync.sources.rets.getobject import group_by_listing, object_ids, split_reply
 from mls_sync.sources.rets.metadata import Lookups, parse_metadata, table_summary, time_zone_offset
 from mls_sync.sources.rets.search import PageResult, SearchWalk
-from mls_sync.sources.rets.session import RetsSession, charset_of
+from mls_sync.sources.rets.session import RetsSession, charset_of, trusted_origins
 
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig, RetsSettings
@@ -73,7 +74,8 @@ class RetsSource(Source):
         """Wire a source from the provider YAML and its connection (login URL, user, secrets).
 
         Connection extras understood: `user_agent`, `ua_password`, `rets_version`,
-        `auth` (auto|digest|basic), `request_id`, and `url`/`login_url` for the login URL.
+        `auth` (auto|digest|basic), `request_id`, `url`/`login_url` for the login URL, and
+        `trusted_origins` (URLs whose origins may get credentials besides the login URL's).
         """
         from mls_sync.config import RetsSettings
 
@@ -92,6 +94,7 @@ class RetsSource(Source):
             limiter=limiter,
             policy=RetryPolicy(attempts=provider.limits.request_attempts),
             timeout=settings.timeout_seconds,
+            trusted=trusted_origins(extra.get("trusted_origins")),
             **session_kw,
         )
         return cls(session, settings, provider.roles(), provider_id=provider.provider_id)
@@ -213,6 +216,7 @@ class RetsSource(Source):
             params["Offset"] = offset
         method = "POST" if s.method == "POST" or len(query) > POST_ABOVE else "GET"
         decode = self.lookups().decode if s.format == "COMPACT" else None
+        key = self.fields.key
 
         def consume(resp: requests.Response) -> PageResult:
             parser = CompactParser(charset_of(resp))
@@ -227,6 +231,11 @@ class RetsSource(Source):
                 raise reply_error(reply.code, reply.text, reply.body, "Search")
             if not parser.complete:
                 raise ServerError(f"Search: reply cut short after {len(records)} rows (no closing </RETS>)")
+            if records and key not in reply.columns:
+                sent = ", ".join(reply.columns[:40]) + (", ..." if len(reply.columns) > 40 else "")
+                raise MismatchError(
+                    f"Search: the server's rows have no {key} column, the configured key field "
+                    f"(source_fields.key / --key-field); it sent {len(reply.columns)} columns: {sent}")
             if decode:
                 for r in records:
                     decode(r)
@@ -277,7 +286,8 @@ class RetsSource(Source):
         number = int(cursor.get("page") or 0)
         walk = SearchWalk(lambda q, off, count: self._fetch(q, off, select, count), key_field=key_field,
                           modified_field=modified, page_size=self.settings.page_size, offset_mode=self.settings.offset,
-                          now=lambda: dmql.to_server(datetime.now(UTC), zone), offset_ok=self._offset_ok)
+                          now=lambda: dmql.to_server(datetime.now(UTC), zone), offset_ok=self._offset_ok,
+                          match_all=self.settings.match_all)
         for index in range(start, len(groups)):
             clauses = base + ([dmql.clause_in(key_field, groups[index])] if groups[index] else [])
             state = cursor.get("state") if index == start else None
@@ -314,10 +324,15 @@ class RetsSource(Source):
         return resp, b""
 
     def _photo_batch(self, batch: list[str]) -> Iterator[PhotoObject]:
+        """One GetObject for these listings; objects labelled with a key nobody asked for send the
+        listings that got nothing back one at a time (then the label does not matter)."""
         s = self.settings
         params = {"Resource": s.resource, "Type": s.photo_type, "ID": object_ids(batch),
                   "Location": 1 if s.photo_location else 0}
+        asked = set(batch)
         done: set[tuple[str, str]] = set()
+        delivered: set[str] = set()
+        strays: dict[str, int] = {}
         attempt = 0
         while True:
             attempt += 1
@@ -329,7 +344,12 @@ class RetsSource(Source):
                 with resp:
                     chunks = [pre] if pre else self.session.iter_body(resp)
                     parts = split_reply(resp.headers.get("Content-Type"), _header_pairs(resp), chunks)
-                    for group in group_by_listing(parts, batch[0] if len(batch) == 1 else None):
+                    for group in group_by_listing(parts, batch):
+                        key = group[0].listing_key
+                        if key not in asked:
+                            strays[key] = strays.get(key, 0) + len(group)
+                            continue
+                        delivered.add(key)
                         if len(group) == 1 and group[0].error and group[0].error.startswith("no object"):
                             continue  # the listing has no photos at all
                         for photo in group:
@@ -343,13 +363,20 @@ class RetsSource(Source):
                                 photo.modified = photo.modified.replace(tzinfo=self.zone())
                             done.add(ident)
                             yield photo
-                return
+                break
             except ServerError as exc:
                 if attempt >= self.session.policy.attempts or not is_retryable(exc):
                     raise
                 log.warning("GetObject broke mid-reply (%s); asking again, skipping %d objects already delivered",
                             exc, len(done))
                 self.session.retry_sleep(self.session.policy.delay(attempt))
+        if strays:
+            lost = [k for k in batch if k not in delivered]
+            log.warning("GetObject: %d object(s) came labelled %s, which were not asked for; asking the %d "
+                        "listing(s) that got none one at a time", sum(strays.values()),
+                        ", ".join(repr(k) for k in sorted(strays)[:5]), len(lost))
+            for key in lost:
+                yield from self._photo_batch([key])
 
     def _download(self, photo: PhotoObject, base_url: str) -> None:
         url = urljoin(base_url, photo.url or "")
