@@ -81,6 +81,7 @@ def test_the_model_survives_the_metadata_cache() -> None:
     assert again.resource("Property").type.fields == model.resource("Property").type.fields
     assert again.version == model.version and again.warnings == model.warnings
     assert ServiceModel.from_json({"v": 0}) is None  # written by another version: read afresh
+    assert ServiceModel.from_json({"v": 1, "types": []}) is None  # damaged: read afresh
 
 
 def test_describe_is_what_mls_sync_metadata_prints() -> None:

@@ -161,6 +161,7 @@ def test_literals_are_typed_from_metadata() -> None:
     # a field the document does not type: the value's own type decides
     assert d.literal("Unknown", 5) == "5" and d.literal("Unknown", "5") == "'5'"
     assert d.literal("Unknown", False) == "false"
+    assert d.literal("Unknown", "2024-01-15T12:30:00.5Z") == "2024-01-15T12:30:00.5Z"  # a server's timestamp
 
 
 def test_timestamps_at_the_declared_precision_only_widen_the_range() -> None:

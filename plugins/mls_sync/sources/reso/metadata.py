@@ -151,13 +151,17 @@ class ServiceModel:
         """The cached model, or None when it was written by another version of this code."""
         if not isinstance(data, dict) or data.get("v") != MODEL_VERSION:
             return None
-        enums = {q: Enum(q, tuple(EnumMember(*m) for m in e["members"]), e["flags"]) for q, e in data["enums"].items()}
-        types = {}
-        for q, t in data["types"].items():
-            fields = {n: FieldType(edm, precision, enums.get(edm)) for n, (edm, precision) in t["fields"].items()}
-            types[q] = EntityType(q, t["name"], tuple(t["key"]), fields, t["navigation"], t["standard_name"],
-                                  t.get("facets") or {})
-        return cls(data["version"], types, enums, data["sets"], list(data.get("warnings") or []))
+        try:
+            enums = {q: Enum(q, tuple(EnumMember(*m) for m in e["members"]), e["flags"])
+                     for q, e in data["enums"].items()}
+            types = {}
+            for q, t in data["types"].items():
+                fields = {n: FieldType(edm, precision, enums.get(edm)) for n, (edm, precision) in t["fields"].items()}
+                types[q] = EntityType(q, t["name"], tuple(t["key"]), fields, t["navigation"], t["standard_name"],
+                                      t.get("facets") or {})
+            return cls(data["version"], types, enums, data["sets"], list(data.get("warnings") or []))
+        except (KeyError, TypeError, ValueError, AttributeError):  # a damaged entry: read the server's again
+            return None
 
     def describe(self, resource: str) -> dict[str, Any]:
         """What `mls-sync metadata` prints: types, sets, enums with their meanings, oddities."""

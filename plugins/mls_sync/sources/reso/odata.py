@@ -210,8 +210,8 @@ class Dialect:
             return "true" if value else "false"
         if isinstance(value, (int, Decimal)) or (isinstance(value, float) and value == value):
             return str(value)
-        if isinstance(value, datetime):
-            return timestamp(value, up=up)
+        if isinstance(value, datetime) or (isinstance(value, str) and _DATETIME.match(value)):
+            return timestamp(value, up=up)  # a server's own timestamp (a cursor, a cut) stays one
         return string(value)
 
     def compare(self, field: str, op: str, value: Any, *, up: bool = False) -> str:
