@@ -277,3 +277,18 @@ def test_a_nextlink_walk_cut_short_fails_and_keeps_the_watermark(mls: MockMLS, d
         row = c.execute(sa.text("SELECT s.watermark, h.state FROM mls_sync_status s JOIN mls_sync_history h "
                                 "ON h.provider_id = s.provider_id WHERE h.dag_run_id = 'nextlink-cut-short'")).one()
     assert row.watermark == watermark and row.state == "failed"
+
+
+def test_a_fetch_resumed_after_a_finished_key_chunk_reads_the_next_one(mls: MockMLS, db: Any) -> None:
+    """A RESO cursor's `done` is one key chunk's: a partial sync of 150 keys (two `in` chunks)
+    killed after the first chunk landed must resume with the second, not call the fetch done."""
+    ctx = sync.SyncContext(provider=provider("textbook"), db=db, mls=connection(mls))
+    keys = sorted(mls.all_keys())[:150]
+    plan = sync.plan(ctx, dag_id="t", dag_run_id="chunks", conf={"include_photos": False, "listing_keys": keys})
+    with ctx.source() as src:
+        first = next(iter(src.pages(sync.criteria_for(ctx.provider, plan))))
+    assert first.cursor["chunk"] == 0 and first.cursor["done"] is True and len(first.records) == 100
+    sync._land_page(ctx, plan, first.records, first.cursor, first.number, {"pages": 0, "records": 0, "keyless": 0})
+    out = sync.fetch(ctx, plan)  # the retried task
+    assert out["resumed"] is True
+    assert sorted(_raw_keys(db, plan["sync_id"])) == keys
