@@ -334,3 +334,21 @@ def test_query_pages_and_tokens_count_against_the_byte_budget(fake: FakeReso) ->
     pages = list(src.pages(SearchCriteria()))
     assert keys_of(pages)
     assert src.client.limiter.bytes == src.stats["bytes"] > 0
+
+
+def test_nextlink_asks_page_size_with_prefer_and_top_only_where_the_yaml_says(fake: FakeReso) -> None:
+    fake.nextlink = True
+    list(make_source(page_size=10, paging="nextlink").pages(SearchCriteria()))
+    first = fake.page_requests()[0]
+    assert "$top" not in query_of(first)
+    assert fake.headers_seen[fake.requests.index(first)]["Prefer"] == "odata.maxpagesize=10"
+    list(make_source(page_size=10, paging="nextlink", top_is_page_size=True).pages(SearchCriteria()))
+    assert query_of(fake.page_requests()[-3])["$top"] == "10"
+
+
+def test_without_metadata_literals_come_from_the_yaml_and_values(fake: FakeReso) -> None:
+    src = make_source(use_metadata=False, odata_version="4.01", field_types={"ListingKey": "Edm.String"})
+    pages = list(src.pages(SearchCriteria(listing_keys=("K00003", "K00001"))))
+    assert sorted(keys_of(pages)) == ["K00001", "K00003"]
+    assert not any(u.endswith("$metadata") for u in fake.requests)
+    assert query_of(fake.page_requests()[-1])["$filter"] == "ListingKey in ('K00001','K00003')"
