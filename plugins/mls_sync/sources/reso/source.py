@@ -142,12 +142,16 @@ class ResoSource(Source):
             self._resources[name] = res
         return self._resources[name]
 
+    def _field_types(self, name: str) -> dict[str, FieldType]:
+        """`name`'s field types: $metadata's, with reso.field_types over them."""
+        fields = dict(self.resource(name).type.fields)
+        fields.update({f: FieldType(edm) for f, edm in self.settings.field_types.items()})
+        return fields
+
     def dialect(self, name: str) -> odata.Dialect:
-        """Literal types of `name`'s fields ($metadata, then reso.field_types) and its list form."""
+        """Literal types of `name`'s fields and its list form (decided when a list is first written)."""
         if name not in self._dialects:
-            fields = dict(self.resource(name).type.fields)
-            fields.update({f: FieldType(edm) for f, edm in self.settings.field_types.items()})
-            self._dialects[name] = odata.Dialect(fields, use_in=self._in_supported)
+            self._dialects[name] = odata.Dialect(self._field_types(name), use_in=self._in_supported)
         return self._dialects[name]
 
     def _in_supported(self) -> bool:
@@ -172,8 +176,7 @@ class ResoSource(Source):
         """One `key in (x)` query; a 400 to it where `key eq x` is answered means no `in`."""
         res = self.resource(self.settings.resource)
         key = self.roles.key
-        fields = {**res.type.fields, **{f: FieldType(e) for f, e in self.settings.field_types.items()}}
-        lists = odata.Dialect(fields, use_in=True)
+        lists = odata.Dialect(self._field_types(self.settings.resource), use_in=True)
         ft = lists.type_of(key)
         probe: Any = 0 if ft.edm in odata.INTEGER_TYPES | odata.DECIMAL_TYPES else PROBE_TEXT
         if ft.enum is not None and ft.enum.members:
