@@ -12,7 +12,7 @@ import sys
 import threading
 from typing import Any
 
-from .control import Settings
+from .control import RESO_PROFILES, Settings
 from .server import MockMLS
 
 
@@ -49,8 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="an empty part (no headers, no body) before each listing's GetObject parts")
     p.add_argument("--rets-content-id", choices=("key", "other"), default=d.rets_content_id,
                    help="GetObject Content-ID: the asked key (default) or the listing's internal id")
-    p.add_argument("--max-page-size", type=int, default=d.max_page_size, help="RESO $top cap (default 1000)")
+    p.add_argument("--max-page-size", type=int, default=None,
+                   help=f"RESO page size cap (default {d.max_page_size}, or the profile's)")
     p.add_argument("--mlg-can-view", action="store_true", help="MLS Grid style MlgCanView=false for removals")
+    p.add_argument("--reso-profile", choices=tuple(RESO_PROFILES), default=d.reso_profile,
+                   help="RESO Web API vendor profile (default textbook; see mock_mls/README.md)")
     p.add_argument("--rate-limit-per-second", type=int, default=None, help="request budget per second")
     p.add_argument("--rate-limit-per-hour", type=int, default=None, help="request budget per hour")
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every reply")
@@ -66,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
     core = {k: args.pop(k) for k in ("host", "port", "listings", "seed", "photos_per_listing", "data_dir",
                                      "cluster_size", "control", "photo_dir", "media_host")}
-    settings: dict[str, Any] = args
+    settings: dict[str, Any] = {k: v for k, v in args.items() if not (k == "max_page_size" and v is None)}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

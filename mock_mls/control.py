@@ -30,6 +30,27 @@ FAULT_KINDS = (
     "corrupt_photo",  # listing_key, order: broken JPEG bytes (GetObject and photo URL)
     "session_expire_after_searches",  # n: the session dies after n more searches
 )
+# RESO Web API vendor profiles (`--reso-profile NAME`): bundles of the reso_* settings below, each
+# a combination production servers serve. `textbook` is what the mock always did.
+RESO_DEFAULTS: dict[str, Any] = {
+    "max_page_size": 1000, "reso_key": "string", "reso_top": "page", "reso_version": "4.01",
+    "reso_metadata": "textbook", "reso_enums": "none", "reso_count": True, "reso_throttle_once": None,
+    "reso_metadata_key_type": None, "reso_metadata_version": None,
+}
+RESO_PROFILES: dict[str, dict[str, Any]] = {
+    "textbook": {},
+    # integer keys (Edm.Int64 ListingKeyNumeric), OData's own $top, small pages, one 429
+    "numeric-keys": {"reso_key": "int", "reso_top": "total", "max_page_size": 200, "reso_throttle_once": 3},
+    # OData 4.0 (no `in`), a namespace-less $metadata with a set `Properties` of type
+    # `PropertyResi`, StandardStatus an enum spelled `Active_Under_Contract`, one 429
+    "odata-4.0": {"reso_version": "4.0", "reso_metadata": "vendor", "reso_enums": "underscore",
+                  "reso_top": "total", "max_page_size": 500, "reso_throttle_once": 3},
+    # enum members encoded `b__<hex>` (annotated with their meaning), integer keys, vendor names
+    "encoded-enums": {"reso_enums": "hex", "reso_key": "int", "reso_metadata": "vendor", "reso_top": "total",
+                      "max_page_size": 300, "reso_throttle_once": 3},
+}
+_CHOICES = {"reso_key": ("string", "int"), "reso_top": ("page", "total"), "reso_version": ("4.0", "4.01"),
+            "reso_metadata": ("textbook", "vendor", "html"), "reso_enums": ("none", "underscore", "hex")}
 RETS_REPLY_TEXT = {
     20036: "Miscellaneous server login error",
     20037: "Session expired or client authentication failed",
@@ -70,12 +91,32 @@ class Settings:
     ua_password: str = "uapass"
     client_id: str = "mock-client"
     client_secret: str = "mock-secret"
+    # RESO Web API behaviour (see RESO_PROFILES; `reso_profile` sets them all at once)
+    reso_profile: str = "textbook"
+    reso_key: str = "string"  # string: ListingKey is the key | int: Edm.Int64 ListingKeyNumeric is
+    reso_top: str = "page"  # page: $top is a page size (nextLink goes on) | total: OData's, limits the result
+    reso_version: str = "4.01"  # 4.0: `in` is refused with a 400
+    reso_metadata: str = "textbook"  # vendor: no EDM namespace, set Properties of type PropertyResi, ...
+    # html: $metadata answers a login page (a document nothing can read)
+    reso_enums: str = "none"  # none | underscore (Active_Under_Contract) | hex (b__<hex>): StandardStatus enum
+    reso_count: bool = True  # False: $count=true is ignored (no @odata.count)
+    reso_throttle_once: int | None = None  # the Nth Property/Media request answers 429 once
+    reso_metadata_key_type: str | None = None  # declare the key with this (wrong) type in $metadata
+    reso_metadata_version: str | None = None  # declare this OData version instead of the one served
 
     def update(self, **changes: Any) -> None:
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:
             raise ValueError(f"unknown settings: {sorted(unknown)}")
+        if "reso_profile" in changes:  # a profile resets every RESO knob, then explicit ones win
+            name = changes["reso_profile"]
+            if name not in RESO_PROFILES:
+                raise ValueError(f"unknown RESO profile {name!r}; known: {', '.join(RESO_PROFILES)}")
+            changes = {**RESO_DEFAULTS, **RESO_PROFILES[name], **changes}
+        for name, allowed in _CHOICES.items():
+            if changes.get(name, getattr(self, name)) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}")
         if changes.get("offset_mode", self.offset_mode) not in ("honour", "ignore", "reject"):
             raise ValueError("offset_mode must be honour, ignore or reject")
         if changes.get("auth", self.auth) not in ("digest", "basic"):

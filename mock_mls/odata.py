@@ -1,8 +1,10 @@
 """OData v4 `$filter` / `$orderby` -> parameterised SQLite.
 
-Supported: eq ne gt ge lt le, and, or, not, parentheses, `in (...)`, `eq null`, string literals
-with '' escaping, DateTimeOffset / Date literals, booleans, numbers, and contains / startswith /
-endswith. Values only ever reach SQLite as parameters.
+Supported: eq ne gt ge lt le, and, or, not, parentheses, `in (...)` (refused when serving OData
+4.0), `eq null`, string literals with '' escaping, enum literals `Ns.Type'Member'`, DateTimeOffset /
+Date literals, booleans, numbers, and contains / startswith / endswith. Literals are typed as
+strictly as production servers type them: a string literal against an integer field, or a member
+an enum does not declare, is a 400. Values only ever reach SQLite as parameters.
 """
 
 from __future__ import annotations
@@ -23,13 +25,16 @@ class Column:
     """How one entity property is stored: SQL expression, value kind, optional value encoder."""
 
     sql: str
-    kind: str  # string, int, decimal, datetime, date, bool
+    kind: str  # string, int, decimal, datetime, date, bool, enum
     encode: Callable[[str], str] | None = None
+    enum_type: str | None = None  # kind enum: the qualified type name literals must carry
+    members: dict[str, str] | None = None  # kind enum: member name -> stored value
 
 
 TOKEN = re.compile(
     r"""\s*(?:
     (?P<string>'(?:[^']|'')*')
+    |(?P<enum>[A-Za-z_]\w*(?:\.\w+)+'(?:[^']|'')*')
     |(?P<datetime>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?(?:Z|[+-]\d{2}:\d{2}))
     |(?P<date>\d{4}-\d{2}-\d{2})
     |(?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)
@@ -59,8 +64,9 @@ def tokenize(text: str) -> list[tuple[str, str]]:
 class FilterTranslator:
     """One `$filter` against the columns of one entity set."""
 
-    def __init__(self, columns: dict[str, Column]) -> None:
+    def __init__(self, columns: dict[str, Column], *, version: str = "4.01") -> None:
         self.columns = columns
+        self.version = version  # "4.0": no `in`, enums only as Ns.Type'Member'
 
     def translate(self, text: str) -> tuple[str, list[Any]]:
         self.tokens = tokenize(text)
@@ -123,6 +129,8 @@ class FilterTranslator:
         op_kind, op = self._take()
         op = op.lower()
         if op == "in":
+            if self.version == "4.0":
+                raise ODataError("The 'in' operator is not supported by this OData 4.0 service")
             self._take("(")
             values = [self._literal(column)]
             while self._peek() == ("punct", ","):
@@ -161,13 +169,27 @@ class FilterTranslator:
     def _literal(self, column: Column) -> Any:
         kind, value = self._take()
         try:
-            return convert_literal(column, kind, value)
+            return convert_literal(column, kind, value, bare_enums=self.version != "4.0")
         except ValueError as exc:
             raise ODataError(f"Invalid literal {value!r} for a {column.kind} property") from exc
 
 
-def convert_literal(column: Column, kind: str, value: str) -> Any:
+def convert_literal(column: Column, kind: str, value: str, bare_enums: bool = True) -> Any:
     """OData literal token -> the stored representation of `column`."""
+    if column.kind == "enum":
+        assert column.members is not None
+        if kind == "enum":
+            type_name, _, quoted = value.partition("'")
+            if type_name != column.enum_type:
+                raise ValueError(value)
+            member = quoted[:-1].replace("''", "'")
+        elif kind == "string" and bare_enums:  # OData 4.01 lets a plain string name the member
+            member = value[1:-1].replace("''", "'")
+        else:
+            raise ValueError(value)
+        if member not in column.members:
+            raise ValueError(value)
+        return column.members[member]
     if column.kind == "datetime":
         if kind not in ("datetime", "date"):
             raise ValueError(value)

@@ -193,7 +193,7 @@ class MockMLS:
         self.faults.clear()
         self.stats.reset()
         self.rets.sessions.clear()
-        self.reso.expire_tokens()
+        self.reso.reset()
         self.limiter.reset()
         self.photo_requests.clear()
 
@@ -206,6 +206,11 @@ class MockMLS:
         out = {f.reso: reso_value(f, row.get(f.reso)) for f in FIELDS if f.reso != "MlgCanView"}
         out["MlgCanView"] = bool(row["InFeed"])
         return out
+
+    def key_numbers(self) -> dict[str, int]:
+        """ListingKey -> ListingKeyNumeric (what `reso_key="int"` serves as the key), every listing."""
+        assert self.store is not None
+        return dict(self.store.query("SELECT ListingKey, Serial FROM listings").fetchall())
 
     def _keys(self, where: str) -> list[str]:
         assert self.store is not None
@@ -274,11 +279,11 @@ class MockMLS:
                                       self.settings.rate_limit_per_hour)
             if wait is not None:
                 self.stats.add("rate_limited")
-                return self._too_many(wait)
+                return self.too_many(wait)
         forced = self.faults.take("too_many_requests", path)
         if forced is not None:
             self.stats.fault("too_many_requests")
-            return self._too_many(float(forced.get("retry_after", 1)))
+            return self.too_many(float(forced.get("retry_after", 1)))
         failure = self.faults.take("http_error", path)
         if failure is not None:
             self.stats.fault("http_error")
@@ -299,7 +304,7 @@ class MockMLS:
         return Response(404, [("Content-Type", "text/plain")], b"not found")
 
     @staticmethod
-    def _too_many(wait: float) -> Response:
+    def too_many(wait: float) -> Response:
         seconds = max(1, int(wait + 0.999))
         resp = odata_error(429, f"Rate limit exceeded; retry after {seconds} s", "TooManyRequests")
         return resp.header("Retry-After", str(seconds))

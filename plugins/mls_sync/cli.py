@@ -4,7 +4,8 @@ Every subcommand goes through `mls_sync.sources.open_source`, i.e. the same Sour
 DAGs run, so "it works from the CLI" means "the sync will see the same thing". The CLI knows no
 protocol: a provider YAML (or explicit RETS arguments for an MLS that has none yet) picks it.
 
-Exit codes: 0 ok, 2 usage or configuration (also: the server does not answer as configured),
+Exit codes: 0 ok, 2 usage or configuration (also: the server does not answer as configured, or
+server metadata that cannot be used),
 3 authentication, 4 server or network.
 """
 
@@ -329,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     except AuthError as exc:
         return _fail(f"authentication failed: {exc}", EXIT_AUTH)
     except SourceError as exc:
+        if getattr(exc, "category", "") == "config":  # e.g. a $metadata document that cannot be used
+            return _fail(str(exc), EXIT_USAGE)
         if getattr(exc, "category", "") == "data":
             return _fail(f"the server rejected the request: {exc}", EXIT_USAGE)
         return _fail(f"server or network error: {exc}", EXIT_SERVER)

@@ -88,15 +88,45 @@ class RetsSettings(_Strict):
 
 
 class ResoSettings(_Strict):
-    resource: str = "Property"
+    resource: str = "Property"  # found in $metadata by set name, type name or StandardName annotation
     page_size: int = Field(1000, ge=1, le=10_000)
     paging: Literal["keyset", "nextlink"] = "keyset"
-    max_page_size_header: bool = False  # send Prefer: odata.maxpagesize instead of $top
+    max_page_size_header: bool = False  # keyset: send Prefer: odata.maxpagesize instead of $top
+    # nextlink: this vendor reads $top as a page size and keeps paging past it (not OData's meaning,
+    # where $top limits the whole result); otherwise the page size is asked with Prefer only
+    top_is_page_size: bool = False
+    odata_version: Literal["auto", "4.0", "4.01"] = "auto"  # auto: $metadata's Version, `in` probed
+    field_types: dict[str, str] = Field(default_factory=dict)  # field -> Edm type, over $metadata's
+    use_metadata: bool = True  # false: no $metadata; literals typed by field_types and their values
+    verify_count: bool = True  # compare the walk's distinct keys with the server's $count
     expand_media: bool = True
     select_from_mapping: bool = True
     mlg_can_view: bool = False  # MLS Grid: MlgCanView=false means the listing must be removed
     media_user_agent_token: bool = False  # MLS Grid: access token as User-Agent on media downloads
     timeout_seconds: float = Field(120, gt=0)
+
+    @field_validator("field_types")
+    @classmethod
+    def _edm_types(cls, v: dict[str, str]) -> dict[str, str]:
+        from mls_sync.sources.base import QueryError
+        from mls_sync.sources.reso.odata import LITERAL_TYPES, ident
+
+        for name, edm in v.items():
+            try:
+                ident(name)
+            except QueryError:
+                raise ValueError(f"{name!r} is not an OData property name") from None
+            if edm not in LITERAL_TYPES:
+                raise ValueError(f"{name}: {edm!r} is not a type a $filter literal can have; "
+                                 f"use one of {', '.join(LITERAL_TYPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _paging_options(self) -> ResoSettings:
+        if self.top_is_page_size and self.paging != "nextlink":
+            raise ValueError("top_is_page_size only applies to paging: nextlink (keyset paging sends "
+                             "$top per query, where OData's meaning and a page size agree)")
+        return self
 
 
 class Limits(_Strict):

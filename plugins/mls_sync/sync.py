@@ -27,7 +27,7 @@ from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched, prompt_handoffs
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
-from mls_sync.sources.base import Page, SearchCriteria, Source
+from mls_sync.sources.base import Page, SearchCriteria, ServerError, Source
 from mls_sync.store import errors as err_store
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
@@ -220,6 +220,45 @@ def pages_for_keys(source: Source, keys: Sequence[str]) -> Iterator[Page]:
         yield from source.pages(SearchCriteria(listing_keys=tuple(keys[i:i + KEYS_PER_QUERY])))
 
 
+class IncompleteRead(ServerError):
+    """The walk landed fewer distinct listings than the server counts for the same query and cut:
+    records were missed (a cut-short nextLink chain, pages that shifted). The fetch fails and the
+    watermark stays; a later run reads them again."""
+
+
+FETCH_DONE = {"done": True}  # the fetch cursor once the whole stage has finished
+
+
+def verify_read(ctx: SyncContext, plan: dict[str, Any], source: Source, criteria: SearchCriteria,
+                cursor: dict[str, Any] | None, keyless: int) -> dict[str, int] | None:
+    """Compare the distinct listings this run landed with the server's own count at the walk's
+    cut, where the source can ask for one (RESO `$count`); a shortfall raises IncompleteRead with
+    both numbers. A pass is recorded in the run, so a resumed fetch does not ask again."""
+    count = getattr(source, "expected_count", None)
+    if count is None:
+        return None
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    with ctx.db.connect() as c:
+        done = (runs.get_run(c, t, sid).get("stage_state") or {}).get("read_verified")
+    if done:
+        return done
+    expected = count(criteria, cursor)
+    if expected is None:
+        return None
+    with ctx.db.connect() as c:
+        landed = raw_store.count_run(c, t, p.provider_id, sid)
+    if landed + keyless < expected:
+        cut = (cursor or {}).get("cut")
+        raise IncompleteRead(f"fetch read {landed} distinct listings but the server counts {expected} for the "
+                             f"same query{f' up to {cut}' if cut else ''}: {expected - landed - keyless} were "
+                             "missed; the run fails and the watermark stays where it was")
+    verified = {"server_count": expected, "distinct_keys": landed}
+    with ctx.db.begin() as c:
+        runs.merge_into(c, t, sid, "stage_state", {"read_verified": verified})
+    log.info("fetch: sync %s read %d distinct listings, the server counts %d", sid, landed, expected)
+    return verified
+
+
 def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     """Stream the search into the raw table, page by page, checkpointing the cursor."""
     p, sid = ctx.provider, plan["sync_id"]
@@ -231,14 +270,20 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     totals["records_at_start"] = totals["records"]
     resumed = bool(cursor)
     with _stage(ctx, plan, "fetch") as extra, ctx.source() as source:
-        if not (cursor or {}).get("done"):
+        # a source's own cursor may say "done" of one part of its walk; only ours says all is done
+        if cursor != FETCH_DONE:
             criteria = criteria_for(p, plan)
             if resumed:
                 log.info("fetch: resuming sync %s after page %s (cursor %s)", sid, totals["pages"], cursor)
+            last = cursor or None
             # the next page downloads and parses while this one is landed (checkpoints stay in order)
             with prefetched(source.pages(criteria, resume_from=cursor or None), name="fetch-pages") as pages:
                 for page in pages:
                     _land_page(ctx, plan, page.records, page.cursor, page.number, totals)
+                    last = page.cursor
+            verified = verify_read(ctx, plan, source, criteria, last, totals["keyless"])
+            if verified:
+                extra["read_verified"] = verified
             retry_keys: list[str] = []
             if plan["mode"] != "partial":
                 with ctx.db.connect() as c:
@@ -249,7 +294,7 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         tz = _source_time_zone(source)
         requests = request_count(source)
         with ctx.db.begin() as c:
-            runs.update_history(c, ctx.t, sid, fetch_cursor={"done": True}, requests=requests)
+            runs.update_history(c, ctx.t, sid, fetch_cursor=FETCH_DONE, requests=requests)
             if tz:
                 runs.merge_into(c, ctx.t, sid, "stage_state", {"source_time_zone": tz})
         extra["fetch_resumed"] = resumed

@@ -141,3 +141,44 @@ def test_mutate_is_deterministic() -> None:
     with MockMLS(listings=300, seed=3, photos_per_listing=1) as a, \
          MockMLS(listings=300, seed=3, photos_per_listing=1) as b:
         assert a.mutate(price=4, status=4, photo=2, remove=1) == b.mutate(price=4, status=4, photo=2, remove=1)
+
+
+def test_profiles_change_what_the_service_is(mls: MockMLS) -> None:
+    """The RESO profiles over plain HTTP: names, key type, what $top means, Prefer, `in`, one 429."""
+    h = token(mls)
+    mls.configure(reso_profile="numeric-keys")
+    assert get(mls, h, "/$metadata").headers["OData-Version"] == "4.01"
+    first = get(mls, h, **{"$top": 450, "$select": "ListingKeyNumeric", "$orderby": "ListingKeyNumeric"})
+    assert first.status_code == 200 and [r["ListingKeyNumeric"] for r in first.json()["value"]] == list(range(1, 201))
+    link = first.json()["@odata.nextLink"]  # OData's $top: 450 in all, served 200 at a time
+    rows, statuses = 200, []
+    while link:
+        resp = requests.get(link, headers=h, timeout=10)
+        statuses.append(resp.status_code)
+        if resp.status_code == 429:  # the profile's one 429, on its third query
+            assert resp.headers["Retry-After"] == "1"
+            continue
+        rows += len(resp.json()["value"])
+        link = resp.json().get("@odata.nextLink")
+    assert rows == 450 and statuses == [200, 429, 200]
+    prefer = requests.get(mls.reso_url + "/Property", headers={**h, "Prefer": "odata.maxpagesize=50"}, timeout=10)
+    assert len(prefer.json()["value"]) == 50 and prefer.headers["Preference-Applied"] == "odata.maxpagesize=50"
+    bad = get(mls, h, **{"$filter": "ListingKeyNumeric eq '7'"})
+    assert bad.status_code == 400 and "Invalid literal" in bad.json()["error"]["message"]
+
+    mls.configure(reso_profile="odata-4.0")
+    assert get(mls, h, "/Property").status_code == 404
+    assert get(mls, h, "/Properties", **{"$filter": "City in ('Austin')"}).status_code == 400
+    active = get(mls, h, "/Properties", **{"$filter": "StandardStatus eq Vendor.Data.StandardStatus'"
+                                                      "Active_Under_Contract'", "$select": "StandardStatus"})
+    assert {r["StandardStatus"] for r in active.json()["value"]} == {"Active_Under_Contract"}
+    assert 'EntitySet Name="Properties" EntityType="Vendor.Data.PropertyResi"' in get(mls, h, "/$metadata").text
+
+
+def test_profile_flag_on_the_command_line() -> None:
+    from mock_mls.__main__ import parse_args
+
+    args = parse_args(["--reso-profile", "encoded-enums"])
+    assert args.reso_profile == "encoded-enums" and args.max_page_size is None
+    with pytest.raises(SystemExit):
+        parse_args(["--reso-profile", "nope"])

@@ -80,3 +80,31 @@ def test_photos(mls: Any, tmp_path: Path) -> None:
 def test_bad_secret_is_an_auth_failure(mls: Any) -> None:
     proc = run_cli(mls, "check", secret="wrong-secret")
     assert proc.returncode == 3 and "Unknown client" in proc.stderr
+
+
+def test_metadata_of_a_vendor_document(mls: Any) -> None:
+    """No EDM namespace, `edmx:DataService`, a set `Properties` of type `PropertyResi`, an undefined
+    type, enum members `Active_Under_Contract`: read, the resource found, each oddity listed."""
+    mls.configure(reso_profile="odata-4.0", reso_throttle_once=None)
+    try:
+        proc = run_cli(mls, "metadata")
+    finally:
+        mls.reset()
+    assert proc.returncode == 0, proc.stderr
+    meta = json.loads(proc.stdout)
+    assert meta["resource"]["entity_set"] == "Properties" and meta["odata_version"] == "4.0"
+    assert meta["enums"]["Vendor.Data.StandardStatus"]["Active_Under_Contract"] == "Active Under Contract"
+    text = " | ".join(meta["warnings"])
+    for oddity in ("edmx:DataService", "no XML namespace", "Vendor.Data.SystemIdentifier", "MediaObjectID",
+                   "'Properties' (type PropertyResi, annotated as Property)"):
+        assert oddity in text
+
+
+def test_unreadable_metadata_is_a_configuration_error_not_a_network_one(mls: Any) -> None:
+    mls.configure(reso_metadata="html")
+    try:
+        proc = run_cli(mls, "metadata")
+    finally:
+        mls.reset()
+    assert proc.returncode == 2, proc.stderr
+    assert "declares no entity types (root <html>" in proc.stderr and "server or network" not in proc.stderr

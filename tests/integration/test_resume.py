@@ -63,7 +63,9 @@ def test_killed_fetch_resumes_without_duplicates(provider_id, mock_mls_factory, 
     assert out["resumed"] is True
     expected = {k for k in mls.all_keys() if mls.listing(k)["StandardStatus"] in ACTIVE_STATUSES}
     served = mls.counters()["rows_served"]
-    assert served <= len(expected) - (landed - 1) * 200, "the resumed fetch started over"
+    # one page may be the killed child's request still in flight; RESO adds its closing $count query's row
+    checks = 1 if provider_id == "demo_reso" else 0
+    assert served <= len(expected) - (landed - 1) * 200 + checks, "the resumed fetch started over"
     with db.connect() as c:
         keys = list(c.execute(sa.text("SELECT listing_key FROM mls_raw_records WHERE sync_id = :s"),
                               {"s": plan["sync_id"]}).scalars())

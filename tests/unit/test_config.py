@@ -120,3 +120,23 @@ def test_load_providers_rereads_only_changed_files(tmp_path) -> None:
     assert isinstance(broken, ConfigError) and "not valid YAML" in str(broken)
     (tmp_path / "demo_reso.yaml").write_text(src.replace(f"name: {good.name}", "name: Renamed MLS"))
     assert load_providers(tmp_path)[1][1].name == "Renamed MLS"
+
+
+def test_reso_vendor_options_are_validated(tmp_path: Path) -> None:
+    """The options that say how a RESO vendor differs from OData: each wrong value is named."""
+    data = _demo("demo_reso")
+    data["reso"].update(paging="nextlink", top_is_page_size=True, odata_version="4.0",
+                        field_types={"ListingKeyNumeric": "Edm.Int64"}, verify_count=False)
+    cfg = load_provider(_write(tmp_path, "demo_reso", data))
+    assert cfg.reso.field_types == {"ListingKeyNumeric": "Edm.Int64"} and cfg.reso.top_is_page_size
+    for change, problem in (
+            ({"field_types": {"ListingKeyNumeric": "Int64"}}, "reso.field_types: Value error, ListingKeyNumeric: "
+                                                               "'Int64' is not a type a $filter literal can have"),
+            ({"field_types": {"List Key": "Edm.String"}}, "'List Key' is not an OData property name"),
+            ({"paging": "keyset"}, "top_is_page_size only applies to paging: nextlink"),
+            ({"odata_version": "4"}, "reso.odata_version: Input should be 'auto', '4.0' or '4.01'")):
+        bad = _demo("demo_reso")
+        bad["reso"].update({"paging": "nextlink", "top_is_page_size": True, **change})
+        with pytest.raises(ConfigError, match=r"demo_reso\.yaml") as err:
+            load_provider(_write(tmp_path, "demo_reso", bad))
+        assert problem in str(err.value)

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from mock_mls.odata import FilterTranslator, ODataError, order_by
+from mock_mls.odata import Column, FilterTranslator, ODataError, order_by
 from mock_mls.reso import PROPERTY_COLUMNS
 
 
@@ -70,3 +70,31 @@ def test_orderby_adds_key_tiebreak_and_checks_names() -> None:
     assert order_by("ListPrice desc", PROPERTY_COLUMNS, 'l."ListingKey"').endswith('l."ListingKey" ASC')
     with pytest.raises(ODataError):
         order_by("Nope", PROPERTY_COLUMNS, "k")
+
+
+STATUS = Column('l."StandardStatus"', "enum", enum_type="Vendor.Data.StandardStatus",
+                members={"Active": "Active", "Active_Under_Contract": "ActiveUnderContract", "Pend": "Pending"})
+ENUM_COLUMNS = {**PROPERTY_COLUMNS, "StandardStatus": STATUS}
+
+
+def test_enum_members_are_typed_like_a_strict_server(db: sqlite3.Connection) -> None:
+    """`Ns.Type'Member'` always; a plain string only under 4.01; only the members declared."""
+    def run(text: str, version: str = "4.01") -> list[str]:
+        sql, params = FilterTranslator(ENUM_COLUMNS, version=version).translate(text)
+        return [r[0] for r in db.execute(f"SELECT l.ListingKey FROM l WHERE {sql} ORDER BY 1", params)]
+
+    assert run("StandardStatus eq Vendor.Data.StandardStatus'Pend'", "4.0") == ["B"]
+    assert run("StandardStatus eq 'Active'") == ["A"]
+    for text, version in (("StandardStatus eq 'Active'", "4.0"),  # 4.0: enums only qualified
+                          ("StandardStatus eq Other.StandardStatus'Active'", "4.01"),  # wrong type
+                          ("StandardStatus eq 'Pending'", "4.01"),  # what it means is not a member
+                          ("StandardStatus eq Vendor.Data.StandardStatus'ActiveUnderContract'", "4.01")):
+        with pytest.raises(ODataError, match="Invalid literal"):
+            run(text, version)
+
+
+def test_odata_4_0_refuses_in() -> None:
+    with pytest.raises(ODataError, match="'in' operator is not supported"):
+        FilterTranslator(PROPERTY_COLUMNS, version="4.0").translate("City in ('Austin')")
+    assert FilterTranslator(PROPERTY_COLUMNS, version="4.0").translate("City eq 'Austin' or City eq 'A'")[1] == [
+        "Austin", "A"]

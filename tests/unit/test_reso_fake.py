@@ -26,6 +26,7 @@ SECRET = "s3cr3t-client-secret"
 KEYSET = re.compile(r"ModificationTimestamp gt (\S+) or "
                     r"\(ModificationTimestamp eq \S+ and ListingKey gt '((?:[^']|'')*)'\)")
 KEY_GT = re.compile(r"^\(?ListingKey gt '((?:[^']|'')*)'\)?$")
+CUT = re.compile(r"ModificationTimestamp le (\S+?)\)?(?: |$)")
 IN_LIST = re.compile(r"(\w+) in \(([^)]*)\)")
 
 
@@ -72,17 +73,30 @@ class FakeReso:
         auth = req.headers.get("Authorization", "")
         if auth.removeprefix("Bearer ") not in self.valid_tokens and auth != "Bearer static-token":
             return 401, {}, json.dumps({"error": {"code": "401", "message": "token expired"}})
-        if self.queue:
-            status, body, headers = self.queue.pop(0)
-            return status, headers, body if isinstance(body, (bytes, str)) else json.dumps(body)
         parts = urlsplit(req.url)
         q = {k: v[0] for k, v in parse_qs(parts.query).items()}
         path = parts.path.rsplit("/", 1)[-1]
         if path == "$metadata":
             return 200, {"Content-Type": "application/xml"}, METADATA
-        return 200, {"Content-Type": "application/json", "X-RateLimit-Remaining": "99"}, json.dumps(self._query(q))
+        # canned replies answer pages (not the probes before and after a walk: newest, `in`, $count)
+        is_page = "$orderby" in q and not q["$orderby"].endswith(" desc") and "$count" not in q
+        if self.queue and is_page:
+            status, body, headers = self.queue.pop(0)
+            return status, headers, body if isinstance(body, (bytes, str)) else json.dumps(body)
+        prefer = re.search(r"maxpagesize=(\d+)", req.headers.get("Prefer", ""))
+        body = self._query(q, int(prefer.group(1)) if prefer else None)
+        return 200, {"Content-Type": "application/json", "X-RateLimit-Remaining": "99"}, json.dumps(body)
 
-    def _query(self, q: dict[str, str]) -> dict[str, Any]:
+    def page_requests(self) -> list[str]:
+        """The URLs of page queries (what a walk asks), without $metadata and probes."""
+        out = []
+        for u in self.requests:
+            q = {k: v[0] for k, v in parse_qs(urlsplit(u).query).items()}
+            if "$orderby" in q and not q["$orderby"].endswith(" desc") and "$count" not in q:
+                out.append(u)
+        return out
+
+    def _query(self, q: dict[str, str], prefer: int | None = None) -> dict[str, Any]:
         rows = list(self.records)
         skip = int(q.get("$skiptoken", 0))
         flt = q.get("$filter", "")
@@ -97,9 +111,14 @@ class FakeReso:
             km = KEY_GT.match(clause.strip())
             if km:
                 rows = [r for r in rows if r["ListingKey"] > km.group(1)]
+        cut = CUT.search(flt)
+        if cut:
+            rows = [r for r in rows if r["ModificationTimestamp"] <= cut.group(1)]
         if q.get("$orderby") == "ListingKey":
             rows.sort(key=lambda r: r["ListingKey"])
-        top = min(int(q.get("$top", self.max_page)), self.max_page)
+        if q.get("$orderby", "").endswith(" desc"):
+            rows.reverse()
+        top = min(int(q.get("$top", prefer or self.max_page)), self.max_page)
         page = rows[skip:skip + top]
         out: list[dict[str, Any]] = []
         for r in page:
@@ -108,6 +127,8 @@ class FakeReso:
                 rec["Media"] = self.media.get(r["ListingKey"], [])
             out.append(rec)
         body: dict[str, Any] = {"value": out}
+        if q.get("$count") == "true":
+            body["@odata.count"] = len(rows)
         if self.nextlink and skip + top < len(rows):
             nq = dict(q, **{"$skiptoken": str(skip + top)})
             body["@odata.nextLink"] = f"{ROOT}/Property?" + "&".join(f"{k}={v}" for k, v in nq.items())
@@ -129,18 +150,23 @@ class FakeReso:
 
 
 METADATA = b"""<?xml version="1.0" encoding="utf-8"?>
-<edmx:Edmx Version="4.0" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">
+<edmx:Edmx Version="4.01" xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx">
  <edmx:DataServices>
   <Schema Namespace="org.reso.metadata" xmlns="http://docs.oasis-open.org/odata/ns/edm">
    <EntityType Name="Property">
     <Key><PropertyRef Name="ListingKey"/></Key>
     <Property Name="ListingKey" Type="Edm.String" MaxLength="20" Nullable="false"/>
     <Property Name="ListPrice" Type="Edm.Decimal"/>
-    <Property Name="ModificationTimestamp" Type="Edm.DateTimeOffset"/>
+    <Property Name="ModificationTimestamp" Type="Edm.DateTimeOffset" Precision="7"/>
     <NavigationProperty Name="Media" Type="Collection(org.reso.metadata.Media)"/>
+   </EntityType>
+   <EntityType Name="Media">
+    <Key><PropertyRef Name="MediaKey"/></Key>
+    <Property Name="MediaKey" Type="Edm.String"/><Property Name="ResourceRecordKey" Type="Edm.String"/>
    </EntityType>
    <EnumType Name="StandardStatus"><Member Name="Active"/><Member Name="Delete"/></EnumType>
    <EntityContainer Name="Default"><EntitySet Name="Property" EntityType="org.reso.metadata.Property"/>
+    <EntitySet Name="Media" EntityType="org.reso.metadata.Media"/>
    </EntityContainer>
   </Schema>
  </edmx:DataServices>

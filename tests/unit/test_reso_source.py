@@ -47,10 +47,14 @@ def test_keyset_walk_returns_each_record_once_across_a_cluster(fake: FakeReso) -
     last = pages[-1].cursor
     assert last["mode"] == "keyset" and last["done"] is True and last["key"] == "K00024"
     assert last["modified"] == "2024-04-05T00:00:00.1234567Z"
-    q = query_of(fake.requests[1])
+    q = query_of(fake.page_requests()[1])
     assert q["$orderby"] == "ModificationTimestamp,ListingKey" and q["$top"] == "4"
     assert "ListingKey gt 'K00003'" in q["$filter"]
-    assert src.stats["pages"] == 7 and src.stats["requests"] == 8  # 7 pages + 1 token
+    # the walk is bounded by the newest timestamp there was when it began
+    assert q["$filter"].startswith("(ModificationTimestamp le 2024-04-05T00:00:00.1234567Z) and ")
+    assert last["cut"] == "2024-04-05T00:00:00.1234567Z"
+    # 7 pages + token + $metadata + the newest-timestamp probe
+    assert src.stats["pages"] == 7 and src.stats["requests"] == 10
 
 
 def test_resume_from_cursor_continues_after_the_page(fake: FakeReso) -> None:
@@ -86,20 +90,19 @@ def test_nextlink_to_another_host_is_refused(fake: FakeReso) -> None:
 
 def test_prefer_header_instead_of_top(fake: FakeReso) -> None:
     list(make_source(page_size=10, max_page_size_header=True).pages(SearchCriteria()))
-    assert "$top" not in query_of(fake.requests[0])
-    assert fake.headers_seen[0]["Prefer"] == "odata.maxpagesize=10"
+    assert "$top" not in query_of(fake.page_requests()[0])
+    assert fake.headers_seen[-1]["Prefer"] == "odata.maxpagesize=10"
 
 
 def test_listing_keys_are_chunked_and_cursor_has_the_chunk(fake: FakeReso, monkeypatch: pytest.MonkeyPatch) -> None:
     from mls_sync.sources.reso import odata
 
     monkeypatch.setattr(odata, "KEY_CHUNK", 3)
-    monkeypatch.setattr(odata.key_chunks, "__defaults__", (3,))
     wanted = ("K00007", "K00001", "K00020", "K00003", "K00009")
     pages = list(make_source().pages(SearchCriteria(listing_keys=wanted, select=("ListPrice",))))
     assert sorted(keys_of(pages)) == sorted(wanted)
     assert [p.cursor["chunk"] for p in pages] == [0, 1]
-    sel = query_of(fake.requests[0])["$select"].split(",")
+    sel = query_of(fake.page_requests()[0])["$select"].split(",")
     assert sel == ["ListPrice", "ListingKey", "ModificationTimestamp", "StandardStatus", "MlgCanView"]
 
 
@@ -215,13 +218,17 @@ def test_secrets_never_in_logs_errors_or_reprs(fake: FakeReso, caplog: pytest.Lo
 def test_check_and_metadata(fake: FakeReso) -> None:
     src = make_source()
     facts = src.check()
-    assert facts["protocol"] == "reso" and facts["latest_key"] == "K00000" and facts["auth"].startswith("oauth2")
+    assert facts["protocol"] == "reso" and facts["latest_key"] == "K00024" and facts["auth"].startswith("oauth2")
     meta = src.metadata()
     prop = meta["entity_types"][0]
     assert prop["name"] == "Property" and prop["key"] == ["ListingKey"]
     assert {"name": "ListingKey", "type": "Edm.String", "nullable": False, "max_length": 20} in prop["properties"]
-    assert meta["enums"]["org.reso.metadata.StandardStatus"] == ["Active", "Delete"]
-    assert meta["entity_sets"] == [{"name": "Property", "type": "org.reso.metadata.Property"}]
+    assert meta["enums"]["org.reso.metadata.StandardStatus"] == {"Active": "Active", "Delete": "Delete"}
+    assert meta["entity_sets"][0] == {"name": "Property", "type": "org.reso.metadata.Property"}
+    assert meta["resource"] == {"name": "Property", "entity_set": "Property",
+                                "entity_type": "org.reso.metadata.Property", "key": ["ListingKey"],
+                                "key_types": {"ListingKey": "Edm.String"}}
+    assert meta["odata_version"] == "4.01" and meta["warnings"] == []
 
 
 def _media(key: str, n: int, url: str = "http://cdn.test/photos") -> list[dict]:
@@ -327,3 +334,21 @@ def test_query_pages_and_tokens_count_against_the_byte_budget(fake: FakeReso) ->
     pages = list(src.pages(SearchCriteria()))
     assert keys_of(pages)
     assert src.client.limiter.bytes == src.stats["bytes"] > 0
+
+
+def test_nextlink_asks_page_size_with_prefer_and_top_only_where_the_yaml_says(fake: FakeReso) -> None:
+    fake.nextlink = True
+    list(make_source(page_size=10, paging="nextlink").pages(SearchCriteria()))
+    first = fake.page_requests()[0]
+    assert "$top" not in query_of(first)
+    assert fake.headers_seen[fake.requests.index(first)]["Prefer"] == "odata.maxpagesize=10"
+    list(make_source(page_size=10, paging="nextlink", top_is_page_size=True).pages(SearchCriteria()))
+    assert query_of(fake.page_requests()[-3])["$top"] == "10"
+
+
+def test_without_metadata_literals_come_from_the_yaml_and_values(fake: FakeReso) -> None:
+    src = make_source(use_metadata=False, odata_version="4.01", field_types={"ListingKey": "Edm.String"})
+    pages = list(src.pages(SearchCriteria(listing_keys=("K00003", "K00001"))))
+    assert sorted(keys_of(pages)) == ["K00001", "K00003"]
+    assert not any(u.endswith("$metadata") for u in fake.requests)
+    assert query_of(fake.page_requests()[-1])["$filter"] == "ListingKey in ('K00001','K00003')"

@@ -81,6 +81,13 @@ def iter_run(engine: Engine, t: Tables, provider_id: str, sync_id: int, after_ke
             yield [(k, _decode(p), d) for k, p, d in part]
 
 
+def count_run(conn: Connection, t: Tables, provider_id: str, sync_id: int) -> int:
+    """Distinct listings this run has landed (one row per key: a key landed twice counts once)."""
+    r = t.mls_raw_records
+    return conn.execute(sa.select(sa.func.count()).select_from(r).where(
+        r.c.provider_id == provider_id, r.c.sync_id == sync_id)).scalar_one()
+
+
 def run_query(t: Tables, provider_id: str, sync_id: int, after_key: str | None = None) -> sa.Select[Any]:
     """A run's records after `after_key`, in key order: a range scan of the run index
     (provider_id, sync_id, listing_key), never a sort of the payloads (005_raw_sync_key_index.sql)."""

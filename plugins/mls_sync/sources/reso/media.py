@@ -42,22 +42,30 @@ def _refs_for_listing(listing_key: str, media: Iterable[dict[str, Any]]) -> list
 
 
 def media_refs(source: ResoSource, listing_keys: Sequence[str]) -> Iterator[PhotoRef]:
-    """PhotoRefs for the listings, one key chunk at a time (listings in key order)."""
+    """PhotoRefs for the listings, one key chunk at a time (listings in key order).
+
+    Keys are written as the server types them (an integer key bare); with `expand_media: false`
+    the Media resource is asked by ResourceRecordKey, or ResourceRecordKeyNumeric where listings
+    are keyed by an integer (`ResoSource.media_record_key`).
+    """
     key = source.roles.key
-    for chunk in odata.key_chunks(listing_keys):
-        grouped: dict[str, list[dict[str, Any]]] = {k: [] for k in chunk}
-        if source.settings.expand_media:
-            walk_args = (source.settings.resource, odata.in_clause(key, chunk), ((key, "str"),),
-                         odata.ident(key), "Media")
+    expand = source.settings.expand_media
+    name = source.settings.resource if expand else "Media"
+    path = source.resource(name).path
+    dialect = source.dialect(name)
+    field = key if expand else source.media_record_key()
+    for chunk in dialect.chunks(field, listing_keys):
+        grouped: dict[str, list[dict[str, Any]]] = {str(k): [] for k in chunk}
+        if expand:
+            walk = odata.Walk(path, dialect.any_of(key, chunk), (key,), dialect, odata.ident(key), "Media")
         else:
-            walk_args = ("Media", odata.in_clause("ResourceRecordKey", chunk), (("MediaKey", "str"),),
-                         None, None)
-        for records, _ in source.walk(odata.Walk(*walk_args), None):
+            walk = odata.Walk(path, dialect.any_of(field, chunk), ("MediaKey",), dialect)
+        for records, _ in source.walk(walk, None):
             for rec in records:
-                if source.settings.expand_media:
+                if expand:
                     grouped.setdefault(str(rec.get(key)), []).extend(rec.get("Media") or [])
                 else:
-                    grouped.setdefault(str(rec.get("ResourceRecordKey")), []).append(rec)
+                    grouped.setdefault(str(rec.get(field)), []).append(rec)
         for listing in sorted(grouped):
             yield from _refs_for_listing(listing, grouped[listing])
 
