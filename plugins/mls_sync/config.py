@@ -167,6 +167,16 @@ class ProviderConfig(_Strict):
     alerts: Alerts = Field(default_factory=Alerts)
     storage: dict[str, Any] = Field(default_factory=dict)  # object store settings; empty = environment
 
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """A typo such as `bukket` must fail the YAML, not the photos after the records loaded."""
+        if v:
+            from mls_sync.objectstore import check_settings
+
+            check_settings(v)
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> ProviderConfig:
         if self.protocol == "rets" and self.rets is None:
