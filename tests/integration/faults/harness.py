@@ -48,20 +48,26 @@ def run_stages(ctx: Any, plan: dict[str, Any], names: list[str] | tuple[str, ...
 
 
 def child(argv: list[str]) -> None:
-    """`provider stages plan slow`: with `slow` seconds before every upsert of LOAD_BATCH=20 records,
-    one writer, so that a kill or a stop lands inside transform_load, between its transactions."""
+    """`provider stages plan slow stop_at`: with `slow` seconds before every upsert of LOAD_BATCH=20
+    records and one writer, so that a kill lands inside transform_load; with `stop_at` N, the
+    process stops itself (SIGSTOP) before its Nth upsert, when its batch's transaction holds no
+    lock yet: a worker frozen mid-load, which `World.wake` continues."""
     from mls_sync import sync
     from mls_sync.config import find_provider
     from mls_sync.connections import from_env
     from mls_sync.store import properties as prop_store
     from mls_sync.store.db import get_engine
 
-    provider, names, plan, slow = argv[0], argv[1].split(","), json.loads(argv[2]), float(argv[3])
+    provider, names, plan = argv[0], argv[1].split(","), json.loads(argv[2])
+    slow, stop_at = float(argv[3]), int(argv[4])
     if slow:
         real = prop_store.upsert_rows
+        calls = iter(range(1, 1 << 30))
 
         def upsert(*args: Any, **kwargs: Any) -> Any:
             time.sleep(slow)
+            if next(calls) == stop_at:
+                os.kill(os.getpid(), signal.SIGSTOP)
             return real(*args, **kwargs)
 
         prop_store.upsert_rows = upsert
@@ -119,9 +125,22 @@ class World:
         out, err = proc.communicate(timeout=120)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def stages(self, provider: str, plan: dict[str, Any], *names: str, slow: float = 0.0) -> subprocess.Popen:
+    def stages(self, provider: str, plan: dict[str, Any], *names: str, slow: float = 0.0,
+               stop_at: int = 0) -> subprocess.Popen:
         return self.spawn([sys.executable, "-c", STAGES_CHILD, provider, ",".join(names), json.dumps(plan),
-                           str(slow)])
+                           str(slow), str(stop_at)])
+
+    @staticmethod
+    def wait_stopped(proc: subprocess.Popen, timeout: float = 60) -> None:
+        """Until the child has stopped itself (`child`'s stop_at)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T":
+                return
+            if proc.poll() is not None:
+                raise AssertionError(f"the child ended instead of stopping: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.02)
+        raise AssertionError("the child did not stop")
 
     def inline(self, provider: str, plan: dict[str, Any], *names: str) -> None:
         """Stages run in this process (a retried task: a process other than the killed one)."""
