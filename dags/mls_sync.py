@@ -116,7 +116,7 @@ def media_batches(plan: dict[str, Any]) -> list[dict[str, Any]]:
 def media(plan: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
     ctx = get_current_context()
     ctx["media_batch_label"] = batch.get("label", "")
-    return run.media_batch(_provider_id(), plan, batch, ctx["ti"].map_index)
+    return run.media_batch(_provider_id(), plan, batch)
 
 
 # Closes the run whatever happened upstream, then fails when the sync did: the run's state comes

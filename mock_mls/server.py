@@ -470,8 +470,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if reset:
                     self._reset(resp.body[: len(resp.body) // 2])
                     return
-                self.wfile.write(resp.body)
+                # counted before the reply goes out: a client that has read the whole reply must
+                # find it in the counters (counted after, a fast client read them first)
                 app.stats.add("bytes_sent", len(resp.body))
+                self.wfile.write(resp.body)
             else:
                 self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
@@ -480,8 +482,8 @@ class _Handler(BaseHTTPRequestHandler):
                     if chunk:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         sent += len(chunk)
+                app.stats.add("bytes_sent", sent)  # before the last chunk ends the reply, as above
                 self.wfile.write(b"0\r\n\r\n")
-                app.stats.add("bytes_sent", sent)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True

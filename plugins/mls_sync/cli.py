@@ -5,8 +5,9 @@ DAGs run, so "it works from the CLI" means "the sync will see the same thing". T
 protocol: a provider YAML (or explicit RETS arguments for an MLS that has none yet) picks it.
 
 Exit codes: 0 ok, 2 usage or configuration (also: the server does not answer as configured, or
-server metadata that cannot be used),
-3 authentication, 4 server or network.
+server metadata that cannot be used), 3 authentication, 4 server or network (MLS or photo storage),
+5 refused because another run is syncing the provider, 6 database error, 1 unexpected error (a bug),
+130 interrupted.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -26,7 +28,8 @@ from mls_sync.sources.base import AuthError, MismatchError, PhotoObject, SearchC
 if TYPE_CHECKING:
     from mls_sync.config import ProviderConfig
 
-EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER = 0, 2, 3, 4
+EXIT_OK, EXIT_USAGE, EXIT_AUTH, EXIT_SERVER, EXIT_BUSY, EXIT_DATABASE = 0, 2, 3, 4, 5, 6
+EXIT_BUG, EXIT_INTERRUPTED = 1, 130
 Command = Callable[[argparse.Namespace, Source], int]
 
 
@@ -238,10 +241,15 @@ def add_photos(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_sync(args: argparse.Namespace, source: Source) -> int:
-    """One whole sync run with the engine, no Airflow: the DAG's stages in the DAG's order."""
-    from mls_sync import media, sync
+    """One whole sync run with the engine, no Airflow: the DAG's stages in the DAG's order.
+
+    The run holds the provider's lease from plan to finalize with a heartbeat from this process,
+    so a second run is refused (exit 5) while this one lives, and takes over once this process
+    is gone. Whatever a stage raises, finalize closes the run before the error is reported; a
+    SIGTERM or Ctrl-C closes it as cancelled.
+    """
+    from mls_sync import lease, sync
     from mls_sync.connections import lookup
-    from mls_sync.objectstore import storage_settings, store_from_settings
     from mls_sync.run_options import RunOptionsError
     from mls_sync.store.db import DatabaseConfigError, get_engine, migrate
 
@@ -258,28 +266,57 @@ def cmd_sync(args: argparse.Namespace, source: Source) -> int:
                             "listing_keys": args.listing or None, "postal_codes": args.postal_code or None}
     run_id = f"cli__{datetime.now(UTC).strftime('%Y%m%dT%H%M%S%f')}"
     try:
-        plan = sync.plan(ctx, dag_id=cfg.dag_id(), dag_run_id=run_id, conf=conf, trigger="manual")
+        plan = sync.plan(ctx, dag_id=cfg.dag_id(), dag_run_id=run_id, conf=conf, trigger="manual",
+                         process_bound=True)
     except RunOptionsError as exc:
         raise UsageError(str(exc)) from None
     failed: list[str] = []
-    error: SourceError | None = None
-    for name, stage in (("fetch", sync.fetch), ("transform_load", sync.transform_load),
-                        ("reconcile", sync.reconcile)):
-        try:
-            stage(ctx, plan)
-        except SourceError as exc:
-            failed.append(name)
-            error = exc
-            break
-    if not failed and plan["include_photos"]:
-        store = store_from_settings(storage_settings(cfg.storage))
-        for batch in media.plan_batches(ctx, plan):
-            media.run_batch(ctx, plan, batch, store)
-    result = sync.finalize(ctx, plan, failed)
+    error: BaseException | None = None
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with lease.keep_alive(engine, ctx.t, plan["sync_id"]):
+            try:
+                for name, stage in (("fetch", sync.fetch), ("transform_load", sync.transform_load),
+                                    ("reconcile", sync.reconcile), ("media", _photos)):
+                    if name == "media" and not plan["include_photos"]:
+                        continue
+                    try:
+                        stage(ctx, plan)
+                    except Exception as exc:  # recorded by the stage; finalize closes the run first
+                        failed.append(name)
+                        error = exc
+                        break
+            except KeyboardInterrupt:
+                interrupted = True
+            result = sync.finalize(ctx, plan, failed, cancelled=interrupted)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(json.dumps(result, default=str))
+    if interrupted:
+        raise KeyboardInterrupt
     if error is not None:
         raise error
     return EXIT_OK if result["state"] == "success" else EXIT_SERVER
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM like Ctrl-C: stop the stage, close the run as cancelled, exit 130."""
+    raise KeyboardInterrupt
+
+
+def _photos(ctx: Any, plan: dict[str, Any]) -> None:
+    """The media stage of a CLI run: every planned batch, one after the other."""
+    from mls_sync import media, sync
+    from mls_sync.objectstore import storage_settings, store_from_settings
+
+    try:
+        store = store_from_settings(storage_settings(ctx.provider.storage))
+    except Exception as exc:
+        sync.record_failure(ctx, plan, "media_batch", exc, {"photo_storage": "open"})
+        raise
+    for batch in media.plan_batches(ctx, plan):
+        media.run_batch(ctx, plan, batch, store)
 
 
 def add_sync(sub: argparse._SubParsersAction) -> None:
@@ -338,7 +375,45 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `mls-sync search | head`
         return EXIT_OK
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:
+        return _engine_failure(exc)
+
+
+def _engine_failure(exc: Exception) -> int:
+    """The engine's own errors (what `sync` meets besides the MLS's), one line each, no traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mls_sync.config import ConfigError
+    from mls_sync.connections import ConnectionNotFound
+    from mls_sync.lease import RunConflict
+    from mls_sync.objectstore import ObjectStoreConfigError, ObjectStoreError
+
+    if isinstance(exc, RunConflict):
+        return _fail(str(exc), EXIT_BUSY)
+    if isinstance(exc, SQLAlchemyError):
+        return _fail(f"database error: {_db_reason(exc)}", EXIT_DATABASE)
+    if isinstance(exc, (ConfigError, ConnectionNotFound, ObjectStoreConfigError)):
+        return _fail(str(exc).splitlines()[0], EXIT_USAGE)
+    if isinstance(exc, (ObjectStoreError, OSError)):
+        return _fail(f"photo storage error: {exc}", EXIT_SERVER)
+    logging.getLogger("mls_sync.cli").info("unexpected error", exc_info=exc)
+    return _fail(f"unexpected error (a bug; -v shows where): {type(exc).__name__}: {exc}", EXIT_BUG)
+
+
+def _db_reason(exc: Exception) -> str:
+    """The driver's first line (which says what happened), the database password masked."""
+    import os
+
+    from sqlalchemy.engine import make_url
+
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+    try:
+        password = make_url(os.environ.get("MLS_DATABASE_URL", "")).password
+    except Exception:
+        password = None
+    return text.replace(str(password), "***") if password else text
 
 
 if __name__ == "__main__":  # pragma: no cover

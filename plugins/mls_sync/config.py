@@ -232,6 +232,16 @@ class ProviderConfig(_Strict):
     def _schedule(cls, v: str | None) -> str | None:
         return check_schedule(v)
 
+    @field_validator("storage")
+    @classmethod
+    def _storage(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """A typo such as `bukket` must fail the YAML, not the photos after the records loaded."""
+        if v:
+            from mls_sync.objectstore import check_settings
+
+            check_settings(v)
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> ProviderConfig:
         if self.protocol == "rets" and self.rets is None:

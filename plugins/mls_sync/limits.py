@@ -184,35 +184,6 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, (ConnectionError, TimeoutError, OSError))
 
 
-def failure_category(exc: BaseException) -> str:
-    """network / auth / rate_limit / data / config, or internal for our own bugs."""
-    cat = getattr(exc, "category", None)
-    if isinstance(cat, str) and cat:
-        return cat
-    if isinstance(exc, ValueError) and isinstance(exc, OSError):
-        return "config"  # requests' InvalidURL, MissingSchema...: a setting, not the network
-    if isinstance(exc, (ConnectionError, TimeoutError, OSError)) and not isinstance(exc, _LOCAL_OS_ERRORS):
-        return "network"
-    return "internal"
-
-
-def needs_operator(exc: BaseException) -> bool:
-    """Whether a whole task retry cannot fix this failure, so the task should fail at once.
-
-    Credentials refused, a missing or wrong connection, an invalid config or run conf, a query the
-    server refuses: retrying only repeats the failure, and repeated failed logins get accounts
-    locked by vendors. Network trouble, 5xx, rate limits and everything unknown keep Airflow's
-    retries with exponential backoff.
-    """
-    if isinstance(exc, RateLimitError):
-        return False
-    if isinstance(exc, (AuthError, QueryError)):
-        return True
-    if isinstance(exc, SourceError) and getattr(exc, "retryable", None) is False:
-        return True  # a 404/405: a wrong URL, not a blip
-    return failure_category(exc) == "config"
-
-
 def retry_after_seconds(value: str | None) -> float | None:
     """Parse a Retry-After header: delta-seconds or an HTTP date."""
     if not value:

@@ -12,12 +12,17 @@ finished listings. A permit per photo in flight bounds memory.
 
 Failures are per photo: a bad image, a 404, an XML error part or a timeout becomes one
 `mls_sync_errors` row (stage `media`, ref `<listing>:<order>`) and the listing's other photos
-carry on. Storage or database failures are not the photo's fault and fail the task (Airflow
-retries it; finished listings are not redone).
+carry on. So does a photo the MLS lists but never sent (a GetObject reply cut off, a part
+missing): every photo a listing lists (RESO: its Media records; RETS: its photo count) is stored
+or an error row, and a missing one is retried by the next run; the listing's photo state
+(`property_media_sync`) stays behind until no photo is missing (`media_rows.write_outcome`).
+Storage or database failures are not the photo's fault and fail the task (recorded as the run's
+failure, stage `media_batch`; Airflow retries it; finished listings are not redone).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -29,6 +34,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from mls_sync import lease
 from mls_sync.imaging import ImageError, PhotoProcessor, ProcessedPhoto, content_hash
 from mls_sync.media_cleanup import cleanup_removed, delete_orphans, find_orphans
 from mls_sync.media_rows import (
@@ -45,7 +51,7 @@ from mls_sync.media_select import STAGE, batch_keys, due_listings, plan_batches
 from mls_sync.objectstore import ObjectStore, photo_key
 from mls_sync.sources.base import PhotoObject, PhotoRef, Source
 from mls_sync.store import runs
-from mls_sync.sync import SyncContext
+from mls_sync.sync import SyncContext, counted_requests, quietly, record_failure
 
 __all__ = ["cleanup_removed", "delete_orphans", "find_orphans", "plan_batches", "run_batch"]
 
@@ -59,6 +65,7 @@ CPU_DRIVERS = 2
 # Photos uploading at once x objects per photo at once: 10 fits boto3's default connection pool.
 UPLOAD_THREADS = 2
 PUTS_PER_PHOTO = 5
+MISSING = "not in the MLS's reply (cut off, or its part missing); retried on a later run"
 # Words in a failure message meaning "try again later" rather than "this photo is bad".
 _NETWORK_WORDS = ("timed out", "timeout", "connection", "reset", "temporar", "unavailable", " 429",
                   " 500", " 502", " 503", " 504", "rate limit", "budget")
@@ -112,9 +119,11 @@ def _same_ref(row: StoredPhoto, ref: PhotoRef) -> bool:
 class _Batch:
     """The pipeline of one `run_batch` call (see the module docstring)."""
 
-    def __init__(self, ctx: SyncContext, sync_id: int, store: ObjectStore, processor: PhotoProcessor,
+    def __init__(self, ctx: SyncContext, plan: dict[str, Any], store: ObjectStore, processor: PhotoProcessor,
                  listings: dict[str, _Listing]) -> None:
-        self.ctx, self.sync_id, self.store, self.processor = ctx, sync_id, store, processor
+        self.ctx, self.plan, self.store, self.processor = ctx, plan, store, processor
+        self.sync_id = plan["sync_id"]
+        self.present_known = False
         self.media = ctx.provider.media
         self.listings = listings
         self.events: queue.Queue[tuple[Any, ...]] = queue.Queue()
@@ -123,13 +132,14 @@ class _Batch:
         self.cpu = ThreadPoolExecutor(CPU_DRIVERS, thread_name_prefix="media-cpu")
         self.up = ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="media-upload")
         self.current: str | None = None
-        self.counts = {"photos_added": 0, "photos_removed": 0, "photos_failed": 0, "photo_bytes": 0,
-                       "photos_unchanged": 0, "objects_uploaded": 0, "listings": 0}
+        self.counts = {"photos_added": 0, "photos_removed": 0, "photos_failed": 0, "photos_missing": 0,
+                       "photo_bytes": 0, "photos_unchanged": 0, "objects_uploaded": 0, "listings": 0}
         self.bytes_recorded = 0
         self.last_commit = time.monotonic()
 
     # -- calling thread --------------------------------------------------------------------------
     def feed(self, photos: Iterable[PhotoObject], present_known: bool) -> None:
+        self.present_known = present_known
         for photo in photos:
             listing = self.listings.get(photo.listing_key)
             if listing is None or listing.written:
@@ -220,6 +230,7 @@ class _Batch:
         totals: dict[str, int] = {}
         with self.ctx.db.begin() as c:
             for listing in ready:
+                totals["photos_missing"] = totals.get("photos_missing", 0) + self._missing(listing.outcome)
                 for k, v in write_outcome(c, t, p, self.sync_id, listing.outcome,
                                           base_minutes=p.retry.record_retry_base_minutes).items():
                     totals[k] = totals.get(k, 0) + v
@@ -233,13 +244,37 @@ class _Batch:
                     s.c.progress["photo_listings"].astext.cast(sa.BigInteger), 0) + len(ready)))
             c.execute(s.update().where(s.c.provider_id == p.provider_id, s.c.current_sync_id == self.sync_id)
                       .values(progress=progress, current_stage=STAGE, updated_at=sa.func.now()))
+            lease.beat(c, t, self.plan, STAGE)  # a run that lost its lease writes no photo rows
         for listing in ready:
             listing.written = True
         self.bytes_recorded = self.counts["photo_bytes"]
         self.counts["listings"] += len(ready)
-        for k in ("photos_added", "photos_removed", "photos_failed"):
+        for k in ("photos_added", "photos_removed", "photos_failed", "photos_missing"):
             self.counts[k] += totals.get(k, 0)
         self.last_commit = time.monotonic()
+
+    def _missing(self, out: ListingOutcome) -> int:
+        """Photos the MLS lists for this finished listing that neither arrived nor failed: each
+        becomes a failure (error row, retried later), and a stored photo in its place is kept.
+
+        RESO lists them (Media records: `present`); RETS GetObject sends what it sends, so its
+        listing's photo count says how many there must be (none known: what arrived is all)."""
+        if out.info.deleted:
+            return 0
+        seen = set(out.new) | set(out.kept) | set(out.failed)
+        if self.present_known:
+            missing = sorted(out.present - seen)
+        else:
+            expected = out.info.photos_count
+            short = (expected or 0) - len(out.present)
+            missing = list(itertools.islice((o for o in itertools.count() if o not in out.present), max(short, 0)))
+        for order in missing:
+            out.present.add(order)
+            out.missing.add(order)
+            out.failed[order] = ("network", f"photo {order}: {MISSING}")
+        if missing:
+            log.warning("media: listing %s: %d photo(s) missing from the MLS's reply", out.listing_key, len(missing))
+        return len(missing)
 
     # -- worker threads ----------------------------------------------------------------------------
     def _guard(self, fn: Callable[..., None], *args: Any) -> None:
@@ -340,6 +375,29 @@ def run_batch(ctx: SyncContext, plan: dict[str, Any], batch: dict[str, Any], sto
     started = time.monotonic()
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     keys = batch_keys(batch)
+    request = {"photos_of": len(keys), "listings": f"{keys[0]}..{keys[-1]}" if keys else ""}
+    try:
+        lease.hold(ctx.db, t, p, plan, STAGE)
+        with lease.keep_alive(ctx.db, t, sid):
+            pipe, listings = _run_batch(ctx, plan, keys, store, processor)
+    except Exception as exc:
+        record_failure(ctx, plan, "media_batch", exc, request)
+        raise
+    finally:
+        quietly(lease.park, ctx.db, t, plan)
+    seconds = time.monotonic() - started
+    _record_time(ctx, sid, seconds)
+    counts: dict[str, Any] = dict(pipe.counts)
+    processed = counts["photos_added"] + counts["photos_failed"]
+    counts.update(seconds=round(seconds, 3), photos_per_second=round(processed / seconds, 2) if seconds else 0.0,
+                  skipped_listings=len(keys) - len(listings))
+    log.info("media %s: %s", batch.get("label", ""), counts)
+    return counts
+
+
+def _run_batch(ctx: SyncContext, plan: dict[str, Any], keys: list[str], store: ObjectStore,
+               processor: PhotoProcessor | None) -> tuple[_Batch, dict[str, _Listing]]:
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     with ctx.db.connect() as c:
         infos = load_listings(c, t, p, keys)
         stored = load_stored(c, t, p.provider_id, keys)
@@ -349,10 +407,10 @@ def run_batch(ctx: SyncContext, plan: dict[str, Any], batch: dict[str, Any], sto
     live = [k for k in listings if not infos[k].deleted]
     own = processor is None
     proc = processor or PhotoProcessor(sizes=p.media.sizes, formats=p.media.formats, quality=p.media.quality)
-    pipe = _Batch(ctx, sid, store, proc, listings)
+    pipe = _Batch(ctx, plan, store, proc, listings)
     try:
         if live:
-            with ctx.source() as source:
+            with ctx.source() as source, counted_requests(ctx, plan, source):
                 photos, known = _downloads(source, live, listings)
                 pipe.feed(photos, known)
         pipe.finish()
@@ -360,11 +418,4 @@ def run_batch(ctx: SyncContext, plan: dict[str, Any], batch: dict[str, Any], sto
         pipe.shutdown()
         if own:
             proc.close()
-    seconds = time.monotonic() - started
-    _record_time(ctx, sid, seconds)
-    counts: dict[str, Any] = dict(pipe.counts)
-    processed = counts["photos_added"] + counts["photos_failed"]
-    counts.update(seconds=round(seconds, 3), photos_per_second=round(processed / seconds, 2) if seconds else 0.0,
-                  skipped_listings=len(keys) - len(listings))
-    log.info("media %s: %s", batch.get("label", ""), counts)
-    return counts
+    return pipe, listings

@@ -3,7 +3,11 @@
 A listing's outcome is written in one transaction: replaced and vanished photos are marked
 removed (their objects go later, after the grace period), new photos inserted, kept photos'
 metadata refreshed, its photo failures recorded or resolved, and `property_media_sync` moved to
-the MLS photo clock the rows now reflect.
+the MLS photo clock the rows now reflect. Not when a photo is missing or failed for a reason that
+may pass (a reply cut off, a timeout, a 5xx): then the listing keeps its old photo state (none, for
+a new listing), so it is planned again, and a missing photo's error is due at once (retried by the
+next run). A photo the MLS sent broken (a data error) does not hold the state back: its error row
+is retried on its own back-off, and the listing is not downloaded again on every full sync.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class ListingOutcome:
     new: dict[int, NewPhoto] = field(default_factory=dict)
     kept: dict[int, PhotoMeta] = field(default_factory=dict)
     failed: dict[int, tuple[str, str]] = field(default_factory=dict)  # order -> (category, message)
+    missing: set[int] = field(default_factory=set)  # listed but never received (also in `failed`)
 
 
 def load_listings(conn: Connection, t: Tables, provider: ProviderConfig,
@@ -163,17 +168,20 @@ def write_outcome(conn: Connection, t: Tables, provider: ProviderConfig, sync_id
     for order, (category, message) in sorted(out.failed.items()):
         err_store.record_error(conn, t, provider_id=pid, stage=STAGE, category=category,
                                ref=photo_ref(key, order), message=message, sync_id=sync_id,
-                               max_attempts=provider.media.max_attempts, base_minutes=base_minutes)
+                               max_attempts=provider.media.max_attempts,
+                               base_minutes=0 if order in out.missing else base_minutes)
     open_refs = conn.execute(sa.select(e.c.ref).where(
         e.c.provider_id == pid, e.c.stage == STAGE, e.c.resolved_at.is_(None),
         e.c.ref.startswith(f"{key}:", autoescape=True))).scalars()
     failed_refs = {photo_ref(key, o) for o in out.failed}
     err_store.resolve(conn, t, pid, STAGE, [r for r in open_refs if r not in failed_refs])
     remaining = len(stored) - len(gone) + len(out.new)
+    complete = all(category != "network" for category, _ in out.failed.values())
     stmt = pg_insert(s).values(
-        provider_id=pid, listing_key=key, photos_changed_at=out.info.clock, photos_count=out.info.photos_count,
-        photos_stored=remaining, synced_at=now, sync_id=sync_id)
+        provider_id=pid, listing_key=key, photos_changed_at=out.info.clock if complete else None,
+        photos_count=out.info.photos_count if complete else None, photos_stored=remaining, synced_at=now,
+        sync_id=sync_id)
+    moved = ("photos_changed_at", "photos_count") if complete else ()
     conn.execute(stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
-        k: stmt.excluded[k] for k in ("photos_changed_at", "photos_count", "photos_stored", "synced_at",
-                                      "sync_id")}))
+        k: stmt.excluded[k] for k in (*moved, "photos_stored", "synced_at", "sync_id")}))
     return {"photos_added": len(out.new), "photos_removed": len(gone), "photos_failed": len(out.failed)}

@@ -436,6 +436,18 @@ def store_from_settings(
     Settings of the other backend are ignored (switching backends is a one-line change); unknown
     keys are refused, since a misspelt `bucket` must not silently write somewhere else.
     """
+    check_settings(settings)
+    base_url = _setting(settings, "public_base_url")
+    if settings.get("backend") == "local":
+        return LocalStore(Path(_setting(settings, "root", required=True)), public_base_url=base_url)
+    client = (s3_client_factory or default_s3_client)(settings)
+    return S3Store(client, _setting(settings, "bucket", required=True), prefix=_setting(settings, "prefix") or "",
+                   public_base_url=base_url, page_size=settings.get("page_size") or 1000)
+
+
+def check_settings(settings: Mapping[str, Any]) -> None:
+    """Refuse store settings that cannot work, without touching any store (no IO, no client): the
+    provider YAML's `storage` is checked with the rest of the YAML, not when photos first run."""
     if not isinstance(settings, Mapping):
         kind = type(settings).__name__
         raise ObjectStoreConfigError(f"object store settings must be a mapping, got {kind}")
@@ -444,6 +456,8 @@ def store_from_settings(
         raise ObjectStoreConfigError(
             f"unknown object store setting(s) {unknown}: remove them; known settings are {sorted(_SETTINGS)}"
         )
+    for key in settings:
+        _setting(settings, key)  # each one present has its type
     backend = settings.get("backend")
     base_url = _setting(settings, "public_base_url")
     if base_url and urlsplit(base_url).scheme not in ("http", "https"):
@@ -451,17 +465,16 @@ def store_from_settings(
             f"object store setting 'public_base_url' must be an http(s) URL, got {base_url!r}"
         )
     if backend == "local":
-        return LocalStore(Path(_setting(settings, "root", required=True)), public_base_url=base_url)
+        _setting(settings, "root", required=True)
+        return
     if backend == "s3":
-        bucket = _setting(settings, "bucket", required=True)
+        _setting(settings, "bucket", required=True)
         page_size = settings.get("page_size") or 1000
         if not isinstance(page_size, int) or not 1 <= page_size <= 1000:
             raise ObjectStoreConfigError(
                 f"object store setting 'page_size' must be an int in 1..1000, got {page_size!r}"
             )
-        client = (s3_client_factory or default_s3_client)(settings)
-        prefix = _setting(settings, "prefix") or ""
-        return S3Store(client, bucket, prefix=prefix, public_base_url=base_url, page_size=page_size)
+        return
     raise ObjectStoreConfigError(
         f"object store setting 'backend' must be 's3' or 'local', got {backend!r}: "
         "set backend: s3 (with bucket) or backend: local (with root)"

@@ -7,7 +7,7 @@ again by each source: no conf value can change a query's meaning.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -16,6 +16,13 @@ KEY_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 POSTAL_RE = r"^[A-Za-z0-9][A-Za-z0-9 -]{1,11}$"
 CITY_RE = r"^[^\W\d_][\w .'-]{0,59}$"
 MAX_ITEMS = 500
+# modified_since: MLS clocks start well after 1970, and sources turn it into epoch-based or
+# server-local times (year 1 overflowed the RETS conversion; RESO servers answered 400)
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+CLOCK_SKEW = timedelta(minutes=5)  # "now" on the machine that triggered may run a little ahead
+# the same floor for the trigger form and the REST API (JSON Schema cannot say "not in the
+# future"; the model below does, when the run plans, before anything is fetched)
+SINCE_PATTERN = r"^(19[7-9][0-9]|2[0-9]{3})-"
 
 
 class RunOptionsError(ValueError):
@@ -76,8 +83,14 @@ class RunOptions(BaseModel):
     @field_validator("modified_since")
     @classmethod
     def _aware(cls, v: datetime | None) -> datetime | None:
-        if v is not None and v.tzinfo is None:
+        if v is None:
+            return v
+        if v.tzinfo is None:
             v = v.replace(tzinfo=UTC)
+        if v < EARLIEST:
+            raise ValueError(f"{v.isoformat()} is before 1970-01-01; give the time since when changes are wanted")
+        if v > datetime.now(UTC) + CLOCK_SKEW:
+            raise ValueError(f"{v.isoformat()} is in the future; nothing can have changed since then")
         return v
 
     @property
@@ -104,8 +117,9 @@ PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
                      "default": None, "title": "Postal codes (partial sync)", "maxItems": MAX_ITEMS},
     "cities": {"type": ["array", "null"], "items": {"type": "string", "pattern": CITY_RE},
                "default": None, "title": "Cities (partial sync)", "maxItems": MAX_ITEMS},
-    "modified_since": {"type": ["string", "null"], "format": "date-time", "default": None,
-                       "title": "Modified since (UTC)", "description": "Overrides the watermark"},
+    "modified_since": {"type": ["string", "null"], "format": "date-time", "pattern": SINCE_PATTERN,
+                       "default": None, "title": "Modified since (UTC)",
+                       "description": "Overrides the watermark; from 1970 on, not in the future"},
     "include_photos": {"type": "boolean", "default": True, "title": "Include photos"},
     "dry_run": {"type": "boolean", "default": False, "title": "Dry run",
                 "description": "Fetch and compare; record what would change; write nothing"},

@@ -19,19 +19,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from mls_sync import lease
 from mls_sync.columns import STANDARD_STATUSES
 from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
-from mls_sync.limits import RateLimiter, failure_category
+from mls_sync.failures import describe_failure
+from mls_sync.lease import RunConflict
+from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched, prompt_handoffs
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, ServerError, Source
 from mls_sync.store import errors as err_store
+from mls_sync.store import leases, runs
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
-from mls_sync.store import runs
 from mls_sync.store.db import commit_without_flush
 from mls_sync.store.metadata_cache import DbMetadataCache
 from mls_sync.store.tables import Tables, tables
@@ -88,29 +91,106 @@ def _dt(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s) if s else None
 
 
+def progress(c: sa.Connection, ctx: SyncContext, plan: dict[str, Any], stage: str,
+             detail: dict[str, Any] | None = None) -> None:
+    """In a stage's transaction: the provider's current stage and progress (writers only: a dry
+    run touches no provider state), then the lease's heartbeat, which fails the transaction of a
+    run that lost its lease (status row first, lease second: the order `plan` locks them in)."""
+    if not plan.get("dry_run"):
+        runs.mark_running(c, ctx.t, ctx.provider.provider_id, plan["sync_id"], stage, detail)
+    lease.beat(c, ctx.t, plan, stage)
+
+
 @contextmanager
 def _stage(ctx: SyncContext, plan: dict[str, Any], name: str) -> Iterator[dict[str, Any]]:
-    """Time a stage into the history row and show it as the provider's current stage."""
+    """Hold the run's lease through a stage, time it into the history row and show it as the
+    provider's current stage; a failure is recorded (`record_failure`) before it propagates.
+
+    A stage may put `request` in the dict it is given (what it is asking the MLS for), which a
+    failure record carries; the rest is merged into the run's report when the stage ends.
+    """
     started = time.monotonic()
-    with ctx.db.begin() as c:
-        runs.mark_running(c, ctx.t, ctx.provider.provider_id, plan["sync_id"], name)
     extra: dict[str, Any] = {}
-    with gc_for_batches():
-        yield extra
+    try:
+        lease.hold(ctx.db, ctx.t, ctx.provider, plan, name)
+        with lease.keep_alive(ctx.db, ctx.t, plan["sync_id"]), gc_for_batches():
+            with ctx.db.begin() as c:
+                progress(c, ctx, plan, name)
+            yield extra
+    except Exception as exc:
+        record_failure(ctx, plan, name, exc, extra.get("request"))
+        raise
+    finally:
+        quietly(lease.park, ctx.db, ctx.t, plan)
+    extra.pop("request", None)
     with ctx.db.begin() as c:
         runs.record_stage(c, ctx.t, plan["sync_id"], name, time.monotonic() - started, extra or None)
+        stage_succeeded(c, ctx, plan, name)
+
+
+def stage_succeeded(c: sa.Connection, ctx: SyncContext, plan: dict[str, Any], stage: str) -> None:
+    """An earlier attempt's failure of this stage is over: resolved, and out of the run's report."""
+    runs.drop_nested(c, ctx.t, plan["sync_id"], "report", "failures", stage)
+    err_store.resolve_run_failures(c, ctx.t, ctx.provider.provider_id, stage=stage, sync_id=plan["sync_id"])
+
+
+def quietly(fn: Callable[..., Any], *args: Any) -> None:
+    """Bookkeeping on the way out of a failed stage must not hide the stage's own error."""
+    try:
+        fn(*args)
+    except Exception as exc:
+        log.warning("%s failed: %s", getattr(fn, "__name__", fn), exc)
+
+
+def record_failure(ctx: SyncContext, plan: dict[str, Any], stage: str, exc: BaseException,
+                   request: Any = None) -> None:
+    """A run-level failure (retries exhausted, auth refused, network, a bad setting, the database):
+    one `mls_sync_errors` row per run and stage (a retried task that fails again bumps its
+    attempts), with the category, the request that failed and the cause, secrets masked; and the
+    cause in the run's report, which `finalize` puts in the history's error summary.
+
+    A dry run records only the report (it writes no provider state); a lost lease is no failure
+    of the MLS and is only reported.
+    """
+    secrets = ctx.mls.secret_values() if isinstance(ctx.mls, Connection) else []
+    failure = {"task": stage, **describe_failure(exc, request, secrets),
+               "at": utcnow().isoformat(timespec="milliseconds")}
+    p, sid = ctx.provider, plan["sync_id"]
+    log.warning("%s: run %s failed in %s: %s: %s", p.provider_id, sid, stage, failure["category"], failure["cause"])
+
+    def write() -> None:
+        with ctx.db.begin() as c:
+            runs.merge_nested(c, ctx.t, sid, "report", "failures", {stage: failure})
+            if plan.get("dry_run") or isinstance(exc, RunConflict):
+                return
+            err_store.record_error(c, ctx.t, provider_id=p.provider_id, stage=stage, category=failure["category"],
+                                   ref=f"sync:{sid}", message=f"{stage} failed: {failure['cause']}",
+                                   payload=failure, sync_id=sid, max_attempts=1)
+
+    quietly(write)
 
 
 # ---------------------------------------------------------------- plan
 
 def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: dict[str, Any] | None,
-         trigger: str = "scheduled", triggered_by: str | None = None) -> dict[str, Any]:
-    """Decide full / incremental / partial and open the run's history row."""
+         trigger: str = "scheduled", process_bound: bool = False, triggered_by: str | None = None
+         ) -> dict[str, Any]:
+    """Decide full / incremental / partial, take the provider's lease and open the run's history row.
+
+    Raises RunConflict at once when another writing run holds the provider (a dry run never
+    conflicts: it writes no provider state); abandoned runs are closed as failed first.
+    `process_bound`: every stage of this run runs in this process (the CLI), so the run is gone
+    when the process is.
+    """
     p = ctx.provider
     opts = RunOptions.from_conf(conf)
     started = time.monotonic()
     with ctx.db.begin() as c:
         runs.ensure_status(c, ctx.t, p.provider_id, p.name, p.protocol, p.enabled)
+        runs.lock_status(c, ctx.t, p.provider_id)
+        lease.sweep(c, ctx.t, p)
+        if not opts.dry_run:
+            lease.check_free(c, ctx.t, p, runs.find_run(c, ctx.t, p.provider_id, dag_id, dag_run_id))
         status = runs.get_status(c, ctx.t, p.provider_id) or {}
         watermark = status.get("watermark")
         since = opts.modified_since
@@ -128,7 +208,9 @@ def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: 
             c, ctx.t, provider_id=p.provider_id, dag_id=dag_id, dag_run_id=dag_run_id, mode=mode,
             trigger=trigger, dry_run=opts.dry_run, conf=opts.model_dump(mode="json"),
             watermark_before=watermark)
-        runs.mark_running(c, ctx.t, p.provider_id, sync_id, "plan", {})
+        lease.take(c, ctx.t, p, runs.get_run(c, ctx.t, sync_id), process_bound=process_bound, stage="plan")
+        if not opts.dry_run:
+            runs.mark_running(c, ctx.t, p.provider_id, sync_id, "plan", {})
         runs.record_stage(c, ctx.t, sync_id, "plan", time.monotonic() - started,
                           {"triggered_by": triggered_by} if triggered_by else None)
     out = {
@@ -136,7 +218,15 @@ def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: 
         "include_photos": opts.include_photos and p.media.enabled, "since": _iso(since),
         "listing_keys": list(opts.listing_keys), "postal_codes": list(opts.postal_codes),
         "cities": list(opts.cities), "watermark_before": _iso(watermark), "trigger": trigger,
+        "process_bound": process_bound,
     }
+    if not opts.dry_run:
+        with ctx.db.begin() as c:
+            purged = raw_store.purge_closed(c, ctx.t, p.provider_id)
+        if purged:
+            log.info("plan: dropped %d landed records of finished runs of %s", purged, p.provider_id)
+    if not process_bound:
+        quietly(lease.park, ctx.db, ctx.t, out)
     log.info("plan: provider=%s sync_id=%s mode=%s since=%s dry_run=%s", p.provider_id, sync_id, mode,
              out["since"], opts.dry_run)
     return out
@@ -159,8 +249,40 @@ def _key_of(key_field: str, rec: dict[str, Any]) -> str | None:
     return str(k).strip() if k not in (None, "") else None
 
 
+class RequestMeter:
+    """Counts a source's requests into the run as they are made, so `requests` in the history is
+    the total of every attempt of every stage (a killed fetch's pages included), not the last."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.counted = 0
+
+    def take(self) -> int:
+        """Requests made since the last call."""
+        now = request_count(self.source)
+        new, self.counted = now - self.counted, now
+        return new
+
+
+@contextmanager
+def counted_requests(ctx: SyncContext, plan: dict[str, Any], source: Source) -> Iterator[RequestMeter]:
+    """A meter for `source`; what it has not handed over yet is added to the run on the way out,
+    failed or not."""
+    meter = RequestMeter(source)
+    try:
+        yield meter
+    finally:
+        def flush() -> None:
+            rest = meter.take()
+            if rest:
+                with ctx.db.begin() as c:
+                    runs.add_counts(c, ctx.t, plan["sync_id"], {"requests": rest})
+        quietly(flush)
+
+
 def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, Any]],
-               cursor: dict[str, Any] | None, number: int, totals: dict[str, Any]) -> None:
+               cursor: dict[str, Any] | None, number: int, totals: dict[str, Any],
+               meter: RequestMeter | None = None) -> None:
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     key_field = p.roles().key
     keyed, keyless = [], []
@@ -171,12 +293,13 @@ def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, A
         commit_without_flush(c)
         raw_store.land(c, t, p.provider_id, sid, keyed)
         if keyless:  # one error row per page (numbered across the run), the first record as sample
-            err_store.record_error(c, t, provider_id=p.provider_id, stage="fetch", category="data",
-                                   ref=f"keyless:{sid}:{totals['pages'] + 1}",
-                                   message=f"{len(keyless)} record(s) without {key_field} on page {number}",
-                                   payload=keyless[0], sync_id=sid, max_attempts=1)
+            message = f"{len(keyless)} record(s) without {key_field} on page {number}"
+            log.warning("fetch: sync %s: %s (rejected)", sid, message)
+            if not plan.get("dry_run"):
+                err_store.record_error(c, t, provider_id=p.provider_id, stage="fetch", category="data",
+                                       ref=f"keyless:{sid}:{totals['pages'] + 1}", message=message,
+                                       payload=keyless[0], sync_id=sid, max_attempts=1)
             runs.add_counts(c, t, sid, {"failed": len(keyless)})  # rejected, like a record that cannot map
-            log.warning("fetch: %d record(s) without %s on page %d rejected", len(keyless), key_field, number)
         totals["pages"] += 1
         totals["records"] += len(keyed)
         totals["keyless"] += len(keyless)
@@ -184,8 +307,9 @@ def _land_page(ctx: SyncContext, plan: dict[str, Any], records: list[dict[str, A
         if cursor is not None:
             values["fetch_cursor"] = cursor
         runs.update_history(c, t, sid, **values)
-        runs.mark_running(c, t, p.provider_id, sid, "fetch",
-                          {"pages": totals["pages"], "records": totals["records"]})
+        if meter is not None:
+            runs.add_counts(c, t, sid, {"requests": meter.take()})
+        progress(c, ctx, plan, "fetch", {"pages": totals["pages"], "records": totals["records"]})
     log.info("fetch: page %d landed %d records%s; %d in %d pages so far (%s)", number, len(keyed),
              f", {len(keyless)} without {key_field}" if keyless else "", totals["records"], totals["pages"],
              rate(totals["records"] - totals.get("records_at_start", 0), totals.get("started")))
@@ -269,18 +393,21 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
               "records": run["records_fetched"] if cursor else 0, "keyless": 0, "started": time.monotonic()}
     totals["records_at_start"] = totals["records"]
     resumed = bool(cursor)
-    with _stage(ctx, plan, "fetch") as extra, ctx.source() as source:
+    with _stage(ctx, plan, "fetch") as extra, ctx.source() as source, \
+            counted_requests(ctx, plan, source) as meter:
         # a source's own cursor may say "done" of one part of its walk; only ours says all is done
         if cursor != FETCH_DONE:
             criteria = criteria_for(p, plan)
+            extra["request"] = {"search": _criteria_summary(plan), "resume_from": cursor or None}
             if resumed:
                 log.info("fetch: resuming sync %s after page %s (cursor %s)", sid, totals["pages"], cursor)
             last = cursor or None
             # the next page downloads and parses while this one is landed (checkpoints stay in order)
             with prefetched(source.pages(criteria, resume_from=cursor or None), name="fetch-pages") as pages:
                 for page in pages:
-                    _land_page(ctx, plan, page.records, page.cursor, page.number, totals)
-                    last = page.cursor
+                    _land_page(ctx, plan, page.records, page.cursor, page.number, totals, meter)
+                    extra["request"]["resume_from"] = last = page.cursor
+            extra["request"] = {"search": "the server's count of what the walk read"}
             verified = verify_read(ctx, plan, source, criteria, last, totals["keyless"])
             if verified:
                 extra["read_verified"] = verified
@@ -288,15 +415,17 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             if plan["mode"] != "partial":
                 with ctx.db.connect() as c:
                     retry_keys = err_store.due_refs(c, ctx.t, p.provider_id, "transform")
+            extra["request"] = {"search": "listing keys due for a retry", "keys": len(retry_keys)}
             for page in pages_for_keys(source, retry_keys):
-                _land_page(ctx, plan, page.records, None, page.number, totals)
+                _land_page(ctx, plan, page.records, None, page.number, totals, meter)
             extra["retried_keys"] = len(retry_keys)
         tz = _source_time_zone(source)
-        requests = request_count(source)
         with ctx.db.begin() as c:
-            runs.update_history(c, ctx.t, sid, fetch_cursor=FETCH_DONE, requests=requests)
+            runs.update_history(c, ctx.t, sid, fetch_cursor=FETCH_DONE)
+            runs.add_counts(c, ctx.t, sid, {"requests": meter.take()})
             if tz:
                 runs.merge_into(c, ctx.t, sid, "stage_state", {"source_time_zone": tz})
+            requests = int(runs.get_run(c, ctx.t, sid)["requests"])
         extra["fetch_resumed"] = resumed
     log.info("fetch: sync %s landed %d records in %d pages (%d without a key), %s", sid, totals["records"],
              totals["pages"], totals["keyless"],
@@ -305,7 +434,28 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             "requests": requests}
 
 
+def _criteria_summary(plan: dict[str, Any]) -> dict[str, Any]:
+    """What the run asks the MLS for, as the error table shows it (no records, no secrets)."""
+    out: dict[str, Any] = {"mode": plan["mode"], "modified_since": plan.get("since")}
+    for name in ("listing_keys", "postal_codes", "cities"):
+        if plan.get(name):
+            out[name] = len(plan[name])
+    return out
+
+
 # ---------------------------------------------------------------- transform_load
+
+class IncompleteRun(RuntimeError):
+    """A stage was asked to work on what an earlier stage of the run has not finished."""
+
+
+def require_fetched(run: dict[str, Any]) -> None:
+    """Loading or reconciling part of a fetch would move the watermark past records never landed,
+    or take listings the fetch did not reach for deleted."""
+    if run["fetch_cursor"] != FETCH_DONE:
+        raise IncompleteRun(f"run {run['id']}: fetch has not finished (its landed records are incomplete, "
+                            "or were dropped after the run closed); run fetch again first")
+
 
 def mapper_for_run(ctx: SyncContext, run: dict[str, Any]) -> Mapper:
     """The run's mapper: naive server timestamps read in the zone fetch recorded for this run."""
@@ -434,7 +584,7 @@ def write_batch(ctx: SyncContext, plan: dict[str, Any], mb: MappedBatch, acc: Lo
             state["max_modified"] = acc.max_modified.isoformat()
         runs.add_counts(c, t, sid, counts, stage_state=state)
         acc.processed += len(good) + len(removals) + len(rejected)
-        runs.mark_running(c, t, p.provider_id, sid, acc.stage, {"records": acc.processed})
+        progress(c, ctx, plan, acc.stage, {"records": acc.processed})
     for k, v in counts.items():
         acc.counts[k] = acc.counts.get(k, 0) + v
     log.info("%s: batch to key %s: %s; %d records so far (%s)", acc.stage, mb.last_key,
@@ -451,13 +601,14 @@ def load_records(ctx: SyncContext, plan: dict[str, Any], mapper: Mapper,
 def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     """Map the run's landed records and upsert them 1,000 per statement; resumable by key."""
     sid = plan["sync_id"]
-    with ctx.db.connect() as c:
-        run = runs.get_run(c, ctx.t, sid)
-    state = run.get("stage_state") or {}
-    acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
-    mapper = mapper_for_run(ctx, run)
     with _stage(ctx, plan, "transform_load") as extra, prompt_handoffs(), \
             Writer("transform-write", WRITERS) as writer:
+        with ctx.db.connect() as c:
+            run = runs.get_run(c, ctx.t, sid)
+        require_fetched(run)
+        state = run.get("stage_state") or {}
+        acc = LoadProgress(max_modified=_dt(state.get("max_modified")))
+        mapper = mapper_for_run(ctx, run)
         # PostgreSQL writes batches N-1 and N on two connections while this thread reads and maps
         # batch N+1; checkpoints commit in key order. (Reading in a third thread as well measured
         # no faster on two cores.)
@@ -486,6 +637,7 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     pr, rr = t.properties, t.mls_raw_records
     with ctx.db.connect() as c:
+        require_fetched(runs.get_run(c, t, sid))
         # Active keys we hold minus the keys this run fetched, as a set difference (EXCEPT): a
         # full sync has just (re)written most of both tables, and without fresh statistics the
         # planner ran the same question as an anti-join by nested loop, quadratic in listings
@@ -503,7 +655,9 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
     # continue transform_load's watermark: the refreshed listings add to it, never replace it
     acc = LoadProgress(stage="reconcile", max_modified=_dt((run.get("stage_state") or {}).get("max_modified")))
     key_field = p.roles().key
-    with _stage(ctx, plan, "reconcile") as extra, ctx.source() as source:
+    with _stage(ctx, plan, "reconcile") as extra, ctx.source() as source, counted_requests(ctx, plan, source):
+        extra["request"] = {"search": "listing keys held as active but not in the full search",
+                            "keys": len(missing)}
         found: set[str] = set()
         for page in pages_for_keys(source, missing):
             batch = []
@@ -530,69 +684,90 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- finalize
 
-def record_failure(ctx: SyncContext, plan: dict[str, Any] | None, task: str, exc: BaseException | None) -> None:
-    """Keep why a task failed on the run (None: it succeeded since), for finalize, alerts and the view.
-
-    Messages from the sources are already masked; the text is cut so a server's error page
-    cannot bloat the row.
-    """
-    if not plan or "sync_id" not in plan:
-        return
-    cause = None if exc is None else {
-        "task": task, "error": type(exc).__name__, "category": failure_category(exc),
-        "message": str(exc)[:1000], "at": utcnow().isoformat(timespec="seconds")}
-    try:
-        with ctx.db.begin() as c:
-            runs.note_failure(c, ctx.t, plan["sync_id"], task, cause)
-    except Exception:  # the database may be what failed: the task's own error must still surface
-        log.warning("could not record the outcome of %s on run %s", task, plan["sync_id"], exc_info=True)
-
-
-def failure_summary(run: dict[str, Any], failed_tasks: Sequence[str]) -> str | None:
-    """One line for the history row, the card and alerts: the first cause, or the failed tasks."""
-    cause = runs.first_failure(run, failed_tasks)
-    if cause:
-        return f"{cause['task']} failed: {cause['error']}: {cause['message']}"
-    return f"failed tasks: {', '.join(failed_tasks)}" if failed_tasks else None
-
-
 def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[str] | None = None,
              *, cancelled: bool = False) -> dict[str, Any]:
-    """Close the run whatever happened upstream; the watermark moves only past stored records."""
+    """Close the run whatever happened upstream and give its lease back; the watermark moves only
+    past stored records.
+
+    Success needs every upstream task to have succeeded and the run's fetch and load to have
+    finished (a sync that cannot prove it read everything is failed). A run closed already (an
+    earlier finalize, or the run that took over its abandoned lease) is reported as it was closed.
+    A failed run's summary names the failed tasks and each recorded cause.
+    """
     if not plan:
         return {"state": "failed", "error_summary": "plan did not run"}
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
-    failed_tasks = failed_tasks or []
+    failed_tasks = list(failed_tasks or [])
     with ctx.db.begin() as c:
+        runs.lock_status(c, t, p.provider_id)
         run = runs.get_run(c, t, sid)
+        held = leases.get(c, t, sid)
+        if held is None and run["state"] != "running":
+            return _result(p, run, run["state"], run["error_summary"], int(run["status_changes"]))
+        other = leases.writer_of(c, t, p.provider_id)
         sh = t.property_status_history
         status_changes = c.execute(sa.select(sa.func.count()).select_from(sh).where(
             sh.c.provider_id == p.provider_id, sh.c.sync_id == sid)).scalar_one()
         runs.update_history(c, t, sid, status_changes=status_changes)
-        state = "cancelled" if cancelled else ("failed" if failed_tasks else "success")
-        summary = "cancelled by an operator" if cancelled else (
-            failure_summary(run, failed_tasks) if state == "failed" else None)
+        unfinished = [] if cancelled or failed_tasks else _unfinished(run)
+        state = "cancelled" if cancelled else ("failed" if failed_tasks or unfinished else "success")
+        summary = _failure_summary(run, failed_tasks, unfinished) if state == "failed" else None
+        if cancelled:
+            summary = "cancelled by an operator"
         max_mod = _dt((run.get("stage_state") or {}).get("max_modified"))
         move = state == "success" and not run["dry_run"] and run["mode"] in ("full", "incremental")
+        if state == "success" and not run["dry_run"]:
+            err_store.resolve_run_failures(c, t, p.provider_id)
         closed = runs.close_run(c, t, sid, state=state, error_summary=summary, watermark_after=max_mod,
                                 move_watermark=move,
-                                unresolved_errors=err_store.unresolved_count(c, t, p.provider_id))
+                                unresolved_errors=err_store.unresolved_count(c, t, p.provider_id),
+                                touch_status=not run["dry_run"] and (other is None or other["sync_id"] == sid))
+        leases.release(c, t, sid)
+    result = _result(p, closed, state, summary, int(status_changes))
+    log.info("finalize: %s", result)
+    return result
+
+
+def _unfinished(run: dict[str, Any]) -> list[str]:
+    """Stages the run needed that never finished (tasks cleared or skipped, a stage's records gone)."""
+    out = [] if run["fetch_cursor"] == FETCH_DONE else ["fetch"]
+    if "transform_load" not in (run["stage_timings"] or {}):
+        out.append("transform_load")
+    return out
+
+
+def _failure_summary(run: dict[str, Any], failed_tasks: list[str], unfinished: list[str]) -> str:
+    """One line for the history, the card and alerts: the first cause as `<task> failed: <error>
+    (<category>): <cause>`, then what else failed; without a recorded cause, the failed tasks."""
+    cause = runs.first_failure(run, failed_tasks)
+    parts = []
+    if cause:
+        parts.append(f"{cause['task']} failed: {cause['error']} ({cause['category']}): {cause['cause']}"[:1500])
+    others = [t for t in failed_tasks if not cause or t != cause["task"]]
+    if others:
+        parts.append(f"{'also ' if cause else ''}failed tasks: {', '.join(others)}")
+    if unfinished:
+        parts.append(f"stages that never finished: {', '.join(unfinished)}")
+    return "; ".join(parts) or "failed"
+
+
+def _result(p: ProviderConfig, closed: dict[str, Any], state: str, summary: str | None,
+            status_changes: int) -> dict[str, Any]:
     fetched = max(int(closed["records_fetched"]), 1)
     error_rate = closed["failed"] / fetched
     result = {
-        "sync_id": sid, "provider_id": p.provider_id, "state": state, "mode": closed["mode"],
-        "dry_run": closed["dry_run"], "duration_seconds": round(closed["duration_seconds"], 2),
+        "sync_id": closed["id"], "provider_id": p.provider_id, "state": state, "mode": closed["mode"],
+        "dry_run": closed["dry_run"], "duration_seconds": round(closed["duration_seconds"] or 0.0, 2),
         "error_rate": round(error_rate, 4), "error_summary": summary,
         **{k: int(closed[k]) for k in runs.COUNT_COLUMNS}, "status_changes": int(status_changes),
-        "alerts": [], "failure": runs.first_failure(run, failed_tasks) if state == "failed" else None,
+        "alerts": [], "failure": runs.first_failure(closed) if state == "failed" else None,
     }
     # a failed run's alert is the failure itself (sent once per run by the caller)
     if state == "success" and error_rate > p.alerts.max_error_rate and closed["records_fetched"]:
         result["alerts"].append(f"error rate {error_rate:.1%} above {p.alerts.max_error_rate:.0%}")
-    if state == "success" and closed["duration_seconds"] > p.alerts.max_duration_minutes * 60:
+    if state == "success" and (closed["duration_seconds"] or 0) > p.alerts.max_duration_minutes * 60:
         result["alerts"].append(f"run took {closed['duration_seconds'] / 60:.1f} min, "
                                 f"over {p.alerts.max_duration_minutes} min")
-    log.info("finalize: %s", result)
     return result
 
 
@@ -624,19 +799,31 @@ def mark_cancelled_if_running(ctx: SyncContext, dag_id: str, dag_run_id: str) ->
 
 # ---------------------------------------------------------------- status poll
 
+def close_abandoned(ctx: SyncContext) -> list[dict[str, Any]]:
+    """Close the provider's abandoned runs as failed (their holder is gone, see `lease`), so no run
+    stays `running` for ever even when no new run comes to take the provider over."""
+    p = ctx.provider
+    with ctx.db.begin() as c:
+        runs.ensure_status(c, ctx.t, p.provider_id, p.name, p.protocol, p.enabled)
+        runs.lock_status(c, ctx.t, p.provider_id)
+        return lease.sweep(c, ctx.t, p)
+
+
 def status_poll(ctx: SyncContext) -> dict[str, Any]:
-    """Apply status changes quickly: ask only for key, status and timestamps changed lately."""
+    """Apply status changes quickly: ask only for key, status and timestamps changed lately.
+
+    Every few minutes, so it is also where abandoned runs are closed (`close_abandoned`)."""
     p, t = ctx.provider, ctx.t
     roles = p.roles()
     status_cols = {"status", "mls_status", "status_changed_at", "mls_modified_at"}
     wanted = [(name, tg) for name, tg in p.field_items() if tg.column in status_cols]
     select = tuple(dict.fromkeys([roles.key, roles.modified] + [n for n, _ in wanted]))
+    abandoned = close_abandoned(ctx)
     with ctx.db.begin() as c:
-        runs.ensure_status(c, t, p.provider_id, p.name, p.protocol, p.enabled)
         status = runs.get_status(c, t, p.provider_id) or {}
     base = status.get("status_watermark") or status.get("watermark")
     if base is None:
-        return {"skipped": "no full sync yet", "changed": 0}
+        return {"skipped": "no full sync yet", "changed": 0, "abandoned_closed": len(abandoned)}
     since = base - timedelta(minutes=p.overlap_minutes)
     mapper = Mapper(p)
     newest = base
@@ -682,7 +869,8 @@ def status_poll(ctx: SyncContext) -> dict[str, Any]:
         s = t.mls_sync_status
         c.execute(s.update().where(s.c.provider_id == p.provider_id).values(
             status_watermark=sa.func.greatest(s.c.status_watermark, newest), updated_at=sa.func.now()))
-    out = {"seen": seen, "changed": changed, "archived": archived, "since": _iso(since)}
+    out = {"seen": seen, "changed": changed, "archived": archived, "since": _iso(since),
+           "abandoned_closed": len(abandoned)}
     log.info("status poll %s: %s", p.provider_id, out)
     return out
 

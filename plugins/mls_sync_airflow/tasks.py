@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from mls_sync import sync
 from mls_sync.config import ProviderConfig, find_provider
-from mls_sync.limits import needs_operator
+from mls_sync.failures import needs_operator
 from mls_sync.store.db import migrate
 
 from mls_sync_airflow.hooks import MlsHook, PropertiesStoreHook
@@ -46,23 +46,20 @@ def context(provider_id: str) -> sync.SyncContext:
                             mls=MlsHook(cfg.connection_id).get_mls_connection)
 
 
-def guarded(provider_id: str, plan: dict[str, Any] | None, task: str, call: Callable[[], T]) -> T:
-    """Run one stage: record why it failed on the run, and fail the task at once (no retries) when
-    a retry cannot help (credentials refused, missing connection, invalid config, refused query),
-    so an account is not locked by repeated logins. Everything else keeps Airflow's backoff."""
+def guarded(call: Callable[[], T]) -> T:
+    """Run one stage (which records its own failure on the run) and fail the task at once, without
+    retries, when a retry cannot help (credentials refused, missing connection, invalid config,
+    refused query, the provider held by another run): an account is not locked by repeated logins.
+    Everything else keeps Airflow's retries with exponential backoff."""
     from airflow.sdk.exceptions import AirflowFailException
 
     try:
-        out = call()
+        return call()
     except Exception as exc:
-        sync.record_failure(context(provider_id), plan, task, exc)
         if needs_operator(exc):
             raise AirflowFailException(f"{type(exc).__name__}: {exc} (not retried: a retry cannot fix this; "
                                        "fix it and trigger the sync again)") from exc
         raise
-    if plan and task != "plan":
-        sync.record_failure(context(provider_id), plan, task, None)  # a retry fixed an earlier failure
-    return out
 
 
 def trigger_of(ctx: dict[str, Any]) -> str:
@@ -80,21 +77,21 @@ def plan(provider_id: str, ctx: dict[str, Any]) -> dict[str, Any]:
     run = ctx["dag_run"]
     conf = dict(ctx.get("params") or {})
     conf.update(getattr(run, "conf", None) or {})
-    return guarded(provider_id, None, "plan", lambda: sync.plan(
+    return guarded(lambda: sync.plan(
         context(provider_id), dag_id=run.dag_id, dag_run_id=run.run_id, conf=conf, trigger=trigger_of(ctx),
         triggered_by=triggered_by(ctx)))
 
 
 def fetch(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    return guarded(provider_id, plan, "fetch", lambda: sync.fetch(context(provider_id), plan))
+    return guarded(lambda: sync.fetch(context(provider_id), plan))
 
 
 def transform_load(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    return guarded(provider_id, plan, "transform_load", lambda: sync.transform_load(context(provider_id), plan))
+    return guarded(lambda: sync.transform_load(context(provider_id), plan))
 
 
 def reconcile(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
-    return guarded(provider_id, plan, "reconcile", lambda: sync.reconcile(context(provider_id), plan))
+    return guarded(lambda: sync.reconcile(context(provider_id), plan))
 
 
 def task_label(key: str, task_ids: tuple[str, ...] = SYNC_TASKS) -> str:
@@ -178,18 +175,16 @@ def media_batches(provider_id: str, plan: dict[str, Any]) -> list[dict[str, Any]
         return []
     from mls_sync import media
 
-    return guarded(provider_id, plan, "media_batches", lambda: media.plan_batches(context(provider_id), plan))
+    return guarded(lambda: media.plan_batches(context(provider_id), plan))
 
 
-def media_batch(provider_id: str, plan: dict[str, Any], batch: dict[str, Any], map_index: int = -1) -> dict[str, Any]:
+def media_batch(provider_id: str, plan: dict[str, Any], batch: dict[str, Any]) -> dict[str, Any]:
     from mls_sync import media
 
     from mls_sync_airflow.hooks import media_store
 
     cfg = provider(provider_id)
-    key = f"media[{map_index}]" if map_index >= 0 else "media"
-    return guarded(provider_id, plan, key,
-                   lambda: media.run_batch(context(provider_id), plan, batch, media_store(cfg.storage)))
+    return guarded(lambda: media.run_batch(context(provider_id), plan, batch, media_store(cfg.storage)))
 
 
 def announce(provider_id: str, summary: dict[str, Any] | None) -> dict[str, Any]:

@@ -51,7 +51,9 @@ class Stack:
         return r.json()["access_token"]
 
     def session(self, user: str | None) -> requests.Session:
+        """A client that sends what a browser on the dashboard sends: its token and Origin."""
         s = requests.Session()
+        s.headers["Origin"] = self.base_url
         if user:
             s.headers["Authorization"] = f"Bearer {self.token(user)}"
         return s
@@ -310,6 +312,25 @@ def test_bad_trigger_input_and_csrf_guards(admin: requests.Session, stack: Stack
     assert admin.post(_url(stack, "/api/providers/nope/trigger"), json={}, timeout=30).status_code == 404
 
 
+def test_actions_need_a_same_origin_origin_or_referer_or_the_action_header(admin: requests.Session,
+                                                                           stack: Stack) -> None:
+    """`Origin: null` and a missing Origin were accepted. An action that passes the guard answers
+    404 here (no such error); one the guard refuses, 403."""
+    from mls_sync_airflow.admin.auth import ACTION_HEADER
+
+    url, body = _url(stack, "/api/errors/retry"), {"ids": [987654]}
+    refused = [{"Origin": "null"}, {"Origin": None}, {"Origin": None, "Referer": "https://evil.example/mls-sync/"},
+               {"Origin": "https://evil.example", ACTION_HEADER: "1"}]
+    for headers in refused:
+        r = admin.post(url, json=body, headers=headers, timeout=30)
+        assert r.status_code == 403, (headers, r.text)
+    allowed = [{}, {"Origin": None, "Referer": f"{stack.base_url}/mls-sync/errors"},
+               {"Origin": None, ACTION_HEADER: "1"}, {"Origin": "null", ACTION_HEADER: "1"}]
+    for headers in allowed:
+        r = admin.post(url, json=body, headers=headers, timeout=30)
+        assert r.status_code == 404, (headers, r.text)
+
+
 def test_resolve_conflicts_applies_and_records(admin: requests.Session, stack: Stack,
                                                migrated_engine: sa.Engine) -> None:
     from mls_sync.store.tables import tables
@@ -403,7 +424,7 @@ def test_a_failed_runs_cause_who_and_filters_are_shown(admin: requests.Session, 
     history = admin.get(_url(stack, "/api/history"), params={"provider": PROVIDER}, timeout=30).json()
     row = next(r for r in history["rows"] if r["id"] == plan["sync_id"])
     assert row["triggered_by"] == "agent7" and row["filters"] == "keys K9, K10; cities Round Rock"
-    assert row["cause"]["message"].startswith("Login: RETS ReplyCode 20036")
+    assert row["cause"]["cause"].startswith("Login: RETS ReplyCode 20036")
     page = admin.get(_url(stack, "/history"), params={"provider": PROVIDER}, timeout=30).text
     assert "keys K9, K10; cities Round Rock" in page and _text_of_html(cause) in _text_of_html(page)
 

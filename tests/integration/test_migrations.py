@@ -111,3 +111,37 @@ def test_raw_payloads_become_json_and_keep_their_records(empty_db: sa.Engine, tm
         payload = c.execute(sa.text("SELECT payload FROM mls_raw_records")).scalar_one()
     assert kind == "json"
     assert payload == {"ListPrice": 1.5, "Remarks": "é"}
+
+
+def test_raw_records_become_keyed_by_run_on_a_database_holding_old_rows(empty_db: sa.Engine, tmp_path) -> None:
+    """006 on a database written by older code: its rows are kept, two runs may then land the same
+    listing side by side, a run-level failure may be `config`, and applying 006 again changes nothing."""
+    for p in (p for p in migration_files() if p.name < "006"):
+        (tmp_path / p.name).write_text(p.read_text(encoding="utf-8"), encoding="utf-8")
+    migrate(empty_db, sql_dir=tmp_path)
+    with empty_db.begin() as c:
+        c.execute(sa.text("INSERT INTO mls_raw_records (provider_id, listing_key, sync_id, payload) "
+                          "VALUES ('p', 'K1', 1, '{\"a\": 1}'), ('p', 'K2', 1, '{\"a\": 2}')"))
+        c.execute(sa.text("INSERT INTO mls_sync_errors (provider_id, stage, category, ref, message) "
+                          "VALUES ('p', 'fetch', 'network', 'x', 'old')"))
+    assert "006_run_integrity.sql" in migrate(empty_db)
+
+    def key_and_rows() -> tuple[list[str], int]:
+        with empty_db.connect() as c:
+            key = c.execute(sa.text(
+                "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_constraint p "
+                "CROSS JOIN unnest(p.conkey) WITH ORDINALITY AS k(attnum, ord) "
+                "JOIN pg_attribute a ON a.attrelid = p.conrelid AND a.attnum = k.attnum "
+                "WHERE p.conrelid = 'mls_raw_records'::regclass AND p.contype = 'p'")).scalar_one()
+            return list(key), c.execute(sa.text("SELECT count(*) FROM mls_raw_records")).scalar_one()
+
+    assert key_and_rows() == (["provider_id", "sync_id", "listing_key"], 2)
+    with empty_db.begin() as c:
+        c.execute(sa.text("INSERT INTO mls_raw_records (provider_id, listing_key, sync_id, payload) "
+                          "VALUES ('p', 'K1', 2, '{\"a\": 3}')"))  # another run, the same listing
+        c.execute(sa.text("INSERT INTO mls_sync_errors (provider_id, stage, category, ref, message) "
+                          "VALUES ('p', 'fetch', 'config', 'sync:2', 'no connection')"))
+    with empty_db.begin() as c:
+        c.execute(sa.text("DELETE FROM mls_schema_migrations WHERE name = '006_run_integrity.sql'"))
+    assert migrate(empty_db) == ["006_run_integrity.sql"]
+    assert key_and_rows() == (["provider_id", "sync_id", "listing_key"], 3)

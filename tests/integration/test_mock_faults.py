@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import pytest
 import requests
@@ -120,6 +121,28 @@ def test_latency_and_counters(mls: MockMLS, rets_session: requests.Session) -> N
     assert counters["faults_injected"]["latency"] == 1
     assert counters["requests"]["rets:search"] == 1 and counters["rows_served"] == 100
     assert counters["bytes_sent"] >= len(r.content)
+
+
+def test_counters_include_a_reply_as_soon_as_the_client_has_read_it(
+        mls: MockMLS, rets_session: requests.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mock counted bytes after writing the reply, so a client reading the counters right after
+    the reply saw too few (a flaky test_latency_and_counters). A slow tally makes the race certain."""
+    real_add = mls.stats.add
+
+    def slow_add(name: str, amount: int = 1) -> None:
+        if name == "bytes_sent":
+            time.sleep(0.3)
+        real_add(name, amount)
+
+    monkeypatch.setattr(mls.stats, "add", slow_add)
+    for fetch in (lambda: search(rets_session, mls),  # streamed (chunked)
+                  lambda: requests.post(mls.token_url, timeout=10, data={  # Content-Length
+                      "grant_type": "client_credentials", "client_id": mls.credentials["client_id"],
+                      "client_secret": mls.credentials["client_secret"]})):
+        before = mls.counters()["bytes_sent"]
+        r = fetch()
+        assert r.status_code == 200
+        assert mls.counters()["bytes_sent"] - before >= len(r.content)
 
 
 def test_control_http_api(mls: MockMLS) -> None:

@@ -140,3 +140,23 @@ def test_reso_vendor_options_are_validated(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=r"demo_reso\.yaml") as err:
             load_provider(_write(tmp_path, "demo_reso", bad))
         assert problem in str(err.value)
+
+
+@pytest.mark.parametrize("storage, says", [
+    ({"backend": "s3", "bukket": "photos"}, "unknown object store setting(s) ['bukket']"),
+    ({"backend": "s3"}, "'bucket' is missing"),
+    ({"backend": "S3", "bucket": "photos"}, "'backend' must be 's3' or 'local'"),
+    ({"backend": "s3", "bucket": "photos", "public_base_url": "ftp://cdn"}, "http(s) URL"),
+    ({"backend": "local", "root": 7}, "'root' must be a string"),
+])
+def test_storage_typo_fails_the_yaml_not_the_photos_later(tmp_path: Path, storage: dict, says: str) -> None:
+    """A misspelt `storage:` used to import cleanly and fail the media stage after the records loaded."""
+    data = _demo()
+    data["provider_id"] = "stored"
+    data["storage"] = storage
+    with pytest.raises(ConfigError) as exc:
+        load_provider(_write(tmp_path, "stored", data))
+    msg = str(exc.value)
+    assert "stored.yaml" in msg and "storage" in msg and says in msg
+    data["storage"] = {"backend": "s3", "bucket": "photos", "aws_conn_id": "aws_default"}
+    assert load_provider(_write(tmp_path, "stored", data)).storage["bucket"] == "photos"

@@ -36,3 +36,26 @@ def test_cities_with_apostrophes_are_fine_and_since_gets_utc() -> None:
 
 def test_param_schemas_match_the_model() -> None:
     assert set(PARAM_SCHEMAS) == set(RunOptions.model_fields)
+
+
+@pytest.mark.parametrize("since, why", [
+    ("0001-01-01T00:00:00Z", "before 1970"),  # passed, then overflowed in RETS / a 400 from RESO
+    ("1969-12-31T23:59:59Z", "before 1970"),
+    ("2999-01-01T00:00:00Z", "in the future"),
+])
+def test_modified_since_out_of_range_is_refused_before_the_run(since: str, why: str) -> None:
+    with pytest.raises(RunOptionsError, match=why):
+        RunOptions.from_conf({"modified_since": since})
+
+
+def test_modified_since_is_bounded_by_the_trigger_form_schema_too() -> None:
+    """Airflow validates the trigger form and the REST API's conf against the Params' JSON Schema."""
+    import jsonschema
+
+    schema = PARAM_SCHEMAS["modified_since"]
+    jsonschema.validate("2024-06-01T00:00:00+00:00", schema)
+    jsonschema.validate(None, schema)
+    for bad in ("0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+    RunOptions.from_conf({"modified_since": "1970-01-01T00:00:00Z"})

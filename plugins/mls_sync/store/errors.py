@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection
 from mls_sync.store import bulk
 from mls_sync.store.tables import Tables
 
-CATEGORIES = ("network", "auth", "data", "rate_limit")
+CATEGORIES = ("network", "auth", "data", "rate_limit", "config")
+RUN_REF_PREFIX = "sync:"  # ref of a run-level failure: sync:<history id>
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -66,6 +67,22 @@ def resolve(conn: Connection, t: Tables, provider_id: str, stage: str, refs: Ite
         e.c.provider_id == provider_id, e.c.stage == stage, bulk.any_of(e.c.ref, refs), e.c.resolved_at.is_(None)
     ).values(resolved_at=sa.func.now(), resolution=resolution))
     return res.rowcount or 0
+
+
+def resolve_run_failures(conn: Connection, t: Tables, provider_id: str, *, stage: str | None = None,
+                         sync_id: int | None = None) -> int:
+    """A stage (or a whole run) that succeeded resolves the run-level failures it outlived: the
+    stage's own in this run (an Airflow retry that worked), or every open one of the provider."""
+    e = t.mls_sync_errors
+    where = [e.c.provider_id == provider_id, e.c.resolved_at.is_(None)]
+    if sync_id is not None:
+        where.append(e.c.ref == f"{RUN_REF_PREFIX}{sync_id}")
+    else:
+        where.append(e.c.ref.startswith(RUN_REF_PREFIX, autoescape=True))
+    if stage is not None:
+        where.append(e.c.stage == stage)
+    return conn.execute(e.update().where(*where).values(resolved_at=sa.func.now(),
+                                                        resolution="succeeded")).rowcount or 0
 
 
 def open_stages(conn: Connection, t: Tables, provider_id: str) -> set[str]:

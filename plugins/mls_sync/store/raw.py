@@ -1,7 +1,9 @@
-"""The raw landing table: what the MLS sent, keyed by listing, so fetch and load are decoupled.
+"""The raw landing table: what the MLS sent, keyed by run and listing, so fetch and load are decoupled.
 
 Fetch lands each page in one transaction together with its checkpoint, so a fetch killed at any
 moment resumes after the last landed page, and overlapping pages collapse onto one row per key.
+Rows belong to their run (006_run_integrity.sql): no other run, a dry run beside a real one
+included, can read or overwrite what this run landed.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def _land_statement(r: sa.Table) -> sa.Insert:
     stmt = pg_insert(r).from_select(cols, sa.select(
         sa.bindparam("provider_id", type_=sa.Text), src.c.listing_key, sa.bindparam("sync_id", type_=sa.BigInteger),
         sa.cast(src.c.payload, r.c.payload.type), src.c.deleted))
-    return stmt.on_conflict_do_update(index_elements=["provider_id", "listing_key"], set_={
-        "sync_id": stmt.excluded.sync_id, "payload": stmt.excluded.payload,
+    return stmt.on_conflict_do_update(index_elements=["provider_id", "sync_id", "listing_key"], set_={
+        "payload": stmt.excluded.payload,
         "deleted": stmt.excluded.deleted, "fetched_at": sa.func.now()})
 
 
@@ -98,3 +100,27 @@ def run_query(t: Tables, provider_id: str, sync_id: int, after_key: str | None =
     if after_key is not None:
         q = q.where(r.c.listing_key > after_key)
     return q.order_by(r.c.listing_key)
+
+
+_PURGE = sa.text("""
+WITH gone AS (
+    DELETE FROM mls_raw_records r
+    WHERE r.provider_id = :p
+      AND NOT EXISTS (SELECT 1 FROM mls_sync_history h WHERE h.id = r.sync_id AND h.state = 'running')
+    RETURNING r.sync_id
+), per_run AS (SELECT sync_id, count(*) AS n FROM gone GROUP BY sync_id)
+UPDATE mls_sync_history h SET fetch_cursor = NULL, stage_state = h.stage_state - 'transform_after'
+FROM per_run WHERE h.id = per_run.sync_id
+RETURNING per_run.n
+""")
+
+
+def purge_closed(conn: Connection, t: Tables, provider_id: str) -> int:
+    """Drop the landed records of the provider's runs that are no longer running; returns how many.
+
+    Each run lands its own copy of what it fetched, so they would pile up. A finished run's
+    records stay until the next writing run plans (a retried or cleared task may still want
+    them); a run whose records are dropped forgets its fetch checkpoint, so if one of its tasks
+    ever runs again it fetches anew instead of loading nothing.
+    """
+    return int(sum(conn.execute(_PURGE, {"p": provider_id}).scalars()))

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Connection
 
@@ -15,7 +14,7 @@ from mls_sync.store.tables import Tables
 
 COUNT_COLUMNS = ("records_fetched", "pages_fetched", "added", "updated", "unchanged", "deleted",
                  "status_changes", "conflicted", "failed", "photos_added", "photos_removed",
-                 "photos_failed", "photo_bytes", "requests")
+                 "photos_failed", "photos_missing", "photo_bytes", "requests")
 
 
 def ensure_status(conn: Connection, t: Tables, provider_id: str, name: str, protocol: str,
@@ -35,17 +34,39 @@ def get_status(conn: Connection, t: Tables, provider_id: str) -> dict[str, Any] 
     return dict(row) if row else None
 
 
+def lock_status(conn: Connection, t: Tables, provider_id: str) -> None:
+    """Hold the provider's status row until commit: plans and lease changes of one provider queue
+    here instead of deciding at the same moment."""
+    s = t.mls_sync_status
+    conn.execute(sa.select(s.c.provider_id).where(s.c.provider_id == provider_id).with_for_update())
+
+
+def find_run(conn: Connection, t: Tables, provider_id: str, dag_id: str | None, dag_run_id: str | None) -> int | None:
+    """The history row of this DAG run (a retried `plan` finds its own), if any."""
+    if dag_run_id is None:
+        return None
+    h = t.mls_sync_history
+    found = conn.execute(sa.select(h.c.id).where(
+        h.c.provider_id == provider_id, h.c.dag_id == dag_id, h.c.dag_run_id == dag_run_id)).scalar()
+    return None if found is None else int(found)
+
+
+def reopen(conn: Connection, t: Tables, sync_id: int) -> None:
+    """A closed run one of whose tasks runs again (an Airflow retry or clear) is running again."""
+    h = t.mls_sync_history
+    conn.execute(h.update().where(h.c.id == sync_id, h.c.state != "running").values(
+        state="running", finished_at=None))
+
+
 def open_run(conn: Connection, t: Tables, *, provider_id: str, dag_id: str | None, dag_run_id: str | None,
              mode: str, trigger: str, dry_run: bool, conf: dict[str, Any],
              watermark_before: datetime | None) -> tuple[int, bool]:
     """Create the run's history row, or find it when a retried `plan` comes back: (id, is_new)."""
     h = t.mls_sync_history
-    if dag_run_id is not None:
-        found = conn.execute(sa.select(h.c.id).where(
-            h.c.provider_id == provider_id, h.c.dag_id == dag_id, h.c.dag_run_id == dag_run_id)).scalar()
-        if found is not None:
-            conn.execute(h.update().where(h.c.id == found).values(state="running", finished_at=None))
-            return int(found), False
+    found = find_run(conn, t, provider_id, dag_id, dag_run_id)
+    if found is not None:
+        reopen(conn, t, found)
+        return found, False
     new_id = conn.execute(h.insert().values(
         provider_id=provider_id, dag_id=dag_id, dag_run_id=dag_run_id, mode=mode, trigger=trigger,
         dry_run=dry_run, conf=conf, watermark_before=watermark_before).returning(h.c.id)).scalar_one()
@@ -90,30 +111,34 @@ def merge_into(conn: Connection, t: Tables, sync_id: int, column: str, patch: di
     conn.execute(h.update().where(h.c.id == sync_id).values({column: _merged(h.c[column], patch)}))
 
 
-def note_failure(conn: Connection, t: Tables, sync_id: int, task: str, cause: dict[str, Any] | None) -> None:
-    """Set (or, with None, clear) why `task` failed on this run: report.failures[task].
-
-    Kept per task and cleared when a retry of it succeeds, so a blip that a retry fixed is not
-    mistaken later for the cause of a failure elsewhere.
-    """
+def merge_nested(conn: Connection, t: Tables, sync_id: int, column: str, key: str, patch: dict[str, Any]) -> None:
+    """Shallow-merge `patch` into the object at `key` of one of the run's jsonb columns."""
     h = t.mls_sync_history
-    failures = sa.func.coalesce(h.c.report["failures"], sa.cast({}, h.c.report.type))
-    if cause is None:
-        conn.execute(h.update().where(h.c.id == sync_id, failures.has_key(task)).values(
-            report=h.c.report.op("#-")(sa.cast(["failures", task], ARRAY(sa.Text)))))
-        return
+    col = h.c[column]
+    inner = sa.func.coalesce(col[key], sa.cast({}, col.type)).op("||")(sa.cast(patch, col.type))
     conn.execute(h.update().where(h.c.id == sync_id).values(
-        report=h.c.report.op("||")(sa.func.jsonb_build_object(
-            "failures", failures.op("||")(sa.cast({task: cause}, h.c.report.type))))))
+        {column: col.op("||")(sa.func.jsonb_build_object(key, inner))}))
+
+
+def drop_nested(conn: Connection, t: Tables, sync_id: int, column: str, key: str, name: str) -> None:
+    """Remove `name` from the object at `key` of one of the run's jsonb columns, if it is there."""
+    h = t.mls_sync_history
+    col = h.c[column]
+    conn.execute(h.update().where(h.c.id == sync_id, col[key].has_key(name)).values(
+        {column: col.op("||")(sa.func.jsonb_build_object(key, col[key].op("-")(name)))}))
+
+
+# engine stages that run as an Airflow task of another name
+STAGE_TASKS = {"media_batch": "media"}
 
 
 def first_failure(run: dict[str, Any], tasks: Sequence[str] = ()) -> dict[str, Any] | None:
-    """The earliest cause note_failure kept among `tasks` (`media` stands for all its batches),
-    or among all tasks when none are named."""
-    causes = list(((run.get("report") or {}).get("failures") or {}).values())
+    """The earliest cause a stage recorded (report.failures) among `tasks` (`media` stands for all
+    its batches), or among all tasks when none are named."""
+    causes = [{"task": stage, **cause} for stage, cause in ((run.get("report") or {}).get("failures") or {}).items()]
     if tasks:
-        wanted = set(tasks)
-        causes = [c for c in causes if c.get("task") in wanted or str(c.get("task", "")).split("[")[0] in wanted]
+        wanted = {str(t).split("[")[0] for t in tasks}
+        causes = [c for c in causes if STAGE_TASKS.get(c["task"], c["task"]) in wanted]
     return min(causes, key=lambda c: c.get("at", "")) if causes else None
 
 
@@ -130,8 +155,10 @@ def get_run(conn: Connection, t: Tables, sync_id: int) -> dict[str, Any]:
 
 
 def close_run(conn: Connection, t: Tables, sync_id: int, *, state: str, error_summary: str | None,
-              watermark_after: datetime | None, move_watermark: bool, unresolved_errors: int) -> dict[str, Any]:
-    """Finish the history row and the provider's status; the watermark only moves on success."""
+              watermark_after: datetime | None, move_watermark: bool, unresolved_errors: int,
+              touch_status: bool = True) -> dict[str, Any]:
+    """Finish the history row and (unless `touch_status` is off: a dry run, or a run whose lease
+    another run holds now) the provider's status; the watermark only moves on success."""
     h, s = t.mls_sync_history, t.mls_sync_status
     run = get_run(conn, t, sync_id)
     now = datetime.now(UTC)
@@ -139,6 +166,9 @@ def close_run(conn: Connection, t: Tables, sync_id: int, *, state: str, error_su
     conn.execute(h.update().where(h.c.id == sync_id).values(
         state=state, finished_at=now, duration_seconds=duration, error_summary=error_summary,
         watermark_after=watermark_after if move_watermark else run["watermark_before"]))
+    run.update(state=state, duration_seconds=duration, error_summary=error_summary)
+    if not touch_status:
+        return run
     counts = {k: run[k] for k in COUNT_COLUMNS}
     values: dict[str, Any] = {
         "state": "idle" if state in ("success", "cancelled") else "failed",
@@ -154,5 +184,4 @@ def close_run(conn: Connection, t: Tables, sync_id: int, *, state: str, error_su
         values.update(last_failure_at=now, last_error=error_summary,
                       consecutive_failures=s.c.consecutive_failures + 1)
     conn.execute(s.update().where(s.c.provider_id == run["provider_id"]).values(values))
-    run.update(state=state, duration_seconds=duration, error_summary=error_summary)
     return run

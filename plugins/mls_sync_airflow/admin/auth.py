@@ -53,23 +53,43 @@ def user_name(user: Any) -> str:
     return str(user.get_name() or user.get_id() or "unknown")
 
 
+ACTION_HEADER = "X-MLS-Sync-Action"  # a custom header: a cross-site page cannot send it without a preflight
+
+
+def _own_origins(request: Request) -> set[str]:
+    from urllib.parse import urlsplit
+
+    from mls_sync_airflow.links import base_url
+
+    out = {f"{request.url.scheme}://{request.url.netloc}"}
+    base = base_url()
+    if base.startswith("http"):
+        parts = urlsplit(base)
+        out.add(f"{parts.scheme}://{parts.netloc}")
+    return out
+
+
 def same_origin_json(request: Request) -> None:
-    """CSRF guard for actions: JSON bodies only (a cross-site form cannot send one without a
-    preflight) and, when the browser names an Origin, it must be this server's."""
+    """CSRF guard for actions: a JSON body (a cross-site form cannot send one without a preflight),
+    and proof the request comes from this server's pages: an `Origin` of this server, or, when the
+    browser sends none (or `null`), a `Referer` of this server, or the `X-MLS-Sync-Action` header
+    (which no cross-site page can add without a CORS preflight, which this server never grants).
+    Browsers send `Origin` on every POST, so the dashboard's own calls need nothing extra."""
+    from urllib.parse import urlsplit
+
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json":
         raise HTTPException(status.HTTP_415_UNSUPPORTED_MEDIA_TYPE, "Actions take a JSON body")
+    own = _own_origins(request)
     origin = request.headers.get("origin")
     if origin and origin != "null":
-        own = f"{request.url.scheme}://{request.url.netloc}"
-        from mls_sync_airflow.links import base_url
-
-        base = base_url()
-        allowed_origins = {own}
-        if base.startswith("http"):
-            from urllib.parse import urlsplit
-
-            parts = urlsplit(base)
-            allowed_origins.add(f"{parts.scheme}://{parts.netloc}")
-        if origin not in allowed_origins:
+        if origin not in own:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "Cross-origin action refused")
+        return
+    if request.headers.get(ACTION_HEADER):
+        return
+    referer = urlsplit(request.headers.get("referer") or "")
+    if referer.scheme and f"{referer.scheme}://{referer.netloc}" in own:
+        return
+    raise HTTPException(status.HTTP_403_FORBIDDEN, "Action refused: no Origin or Referer of this server "
+                        f"(API clients send the {ACTION_HEADER} header)")

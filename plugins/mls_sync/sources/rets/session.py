@@ -202,6 +202,7 @@ class RetsSession:
         self.login_info: LoginInfo | None = None
         self.logged_in = False
         self.stats: dict[str, Any] = {"requests": Counter(), "bytes": 0, "retries": 0, "relogins": 0}
+        self.last_request: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"<RetsSession {self.login_url} user={self._username!r} logged_in={self.logged_in}>"
@@ -263,6 +264,9 @@ class RetsSession:
               headers: dict[str, str] | None = None) -> requests.Response:
         self.limiter.acquire()
         self.stats["requests"][transaction] += 1
+        # what a failure reports as the request that failed (credentials travel in headers, not here)
+        self.last_request = {"transaction": transaction, "method": method, "url": self.redact(url),
+                             "params": {k: self.redact(str(v)) for k, v in (params or {}).items()}}
         log.debug("RETS %s %s %s", method, transaction, params)
         try:
             if method == "POST":
@@ -295,7 +299,16 @@ class RetsSession:
     # -- login / logout ------------------------------------------------------------------------
     def login(self) -> LoginInfo:
         """Log in (through the limiter and the retry policy) and read the capability URLs."""
-        return call_with_retry(self._login_once, self.policy, what="RETS Login", sleep=self.retry_sleep)
+        return self._retrying(self._login_once, "RETS Login")
+
+    def _retrying(self, fn: Callable[[], T], what: str) -> T:
+        """`fn` under the retry policy; a failure that ends it carries the request that failed."""
+        try:
+            return call_with_retry(fn, self.policy, what=what, sleep=self.retry_sleep)
+        except SourceError as exc:
+            if getattr(exc, "request", None) is None:
+                exc.request = self.last_request  # type: ignore[attr-defined]
+            raise
 
     def _login_once(self) -> LoginInfo:
         resp = self._send("Login", self.login_url, None, "GET")
@@ -403,7 +416,7 @@ class RetsSession:
                     relogged = True
                     self.relogin()
 
-        return call_with_retry(attempt, self.policy, what=f"RETS {transaction}", sleep=self.retry_sleep)
+        return self._retrying(attempt, f"RETS {transaction}")
 
     def _once(self, transaction: str, params: dict[str, Any], consume: Callable[[requests.Response], T],
               method: str, keep_open: bool) -> T:
@@ -439,4 +452,4 @@ class RetsSession:
                     raise self._scrub(self._status_error(resp, "Download"))
                 return self.read_all(resp), resp.headers.get("Content-Type")
 
-        return call_with_retry(attempt, self.policy, what="photo download", sleep=self.retry_sleep)
+        return self._retrying(attempt, "photo download")
