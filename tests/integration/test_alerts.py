@@ -64,7 +64,7 @@ def test_failed_sync_alerts_email_and_slack(mock_mls_factory, db, db_url, tmp_pa
     assert fetch_ti.try_number == 1  # credentials refused: not retried (vendors lock accounts)
     run = last_run(db, "demo_reso")
     assert run["state"] == "failed"
-    assert run["error_summary"].startswith("fetch failed: AuthError: token endpoint refused"), run["error_summary"]
+    assert run["error_summary"].startswith("fetch failed: AuthError (auth): token endpoint refused"), run["error_summary"]
 
     assert len(inbox.messages) == 1, [m["Subject"] for m in inbox.messages]  # one alert per failed run
     mail = inbox.messages[0]

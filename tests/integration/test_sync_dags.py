@@ -215,7 +215,7 @@ def test_watermark_only_moves_on_success(mls, db) -> None:
     fetch_ti = next(ti for ti in dr.get_task_instances() if ti.task_id == "fetch")
     assert fetch_ti.try_number == 3  # a server error keeps Airflow's retries (task_retries: 2)
     run = last_run(db, "demo_reso")
-    assert run["state"] == "failed" and run["error_summary"].startswith("fetch failed: ServerError"), run
+    assert run["state"] == "failed" and run["error_summary"].startswith("fetch failed: ServerError (network)"), run
     status = rows(db, "SELECT * FROM mls_sync_status WHERE provider_id = 'demo_reso'")[0]
     assert status["watermark"] == mark and status["state"] == "failed"
     assert status["consecutive_failures"] == 1
@@ -249,7 +249,7 @@ def test_missing_mls_connection_fails_the_fetch_and_the_run_is_still_closed(mls,
     assert fetch_ti.try_number == 1
     run = last_run(db, "demo_reso")
     assert run["state"] == "failed"
-    assert run["error_summary"].startswith("fetch failed: ConnectionNotFound: connection 'mls_demo_reso'")
+    assert run["error_summary"].startswith("fetch failed: ConnectionNotFound (config): connection 'mls_demo_reso'")
     assert "airflow connections add mls_demo_reso" in run["error_summary"]
     assert scalar(db, "SELECT count(*) FROM properties") == 0
 
