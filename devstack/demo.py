@@ -95,6 +95,52 @@ def _totals(provider_id: str) -> dict[str, int]:
             " FROM properties WHERE provider_id = :p"), {"p": provider_id}).mappings().one())
 
 
+def _explain(provider_id: str, run: dict[str, Any], mock_url: str, changed: dict[str, list[str]]) -> list[str]:
+    """Why the run's numbers differ from what the mock says it generated or changed."""
+    import sqlalchemy as sa
+    from mls_sync.config import find_provider
+    from mls_sync.store.db import get_engine
+
+    if not run.get("id"):
+        return []
+    cfg = find_provider(provider_id)
+    scope = list(cfg.full_sync_statuses)
+    out = []
+    with get_engine().connect() as c:
+        removed = list(changed.get("remove", []))
+        held_removed = c.execute(sa.text(
+            "SELECT count(*) FROM properties WHERE provider_id = :p AND listing_key = ANY(:k)"
+            " AND deleted_at IS NOT NULL"), {"p": provider_id, "k": removed}).scalar_one() if removed else 0
+        added = dict(c.execute(sa.text(
+            "SELECT count(*) FILTER (WHERE status = ANY(:s)) AS in_scope, count(*) FILTER (WHERE NOT status = ANY(:s))"
+            " AS off_market FROM properties WHERE provider_id = :p AND first_sync_id = :r"),
+            {"p": provider_id, "r": run["id"], "s": scope}).mappings().one())
+    if run.get("mode") == "full":
+        total = len(control(mock_url, "keys")["keys"])
+        out.append(f"why {run.get('records_fetched')} of the mock's {total} listings: a full sync asks only for "
+                   f"full_sync_statuses ({', '.join(scope)}); the rest are off market (Closed, Expired...)")
+    elif added["off_market"]:
+        out.append(f"why added {run.get('added')}: {added['in_scope']} new on the market, and "
+                   f"{added['off_market']} off-market listings the mock changed: an incremental sync takes every "
+                   "change since the watermark, whatever its status")
+    if run.get("mode") in ("incremental", "reconcile") and run.get("unchanged"):
+        out.append(f"why unchanged {run['unchanged']}: listings stamped within overlap_minutes "
+                   f"({cfg.overlap_minutes}) of the last watermark are read again, and skipped when their row "
+                   "is the same")
+    if removed:
+        out.append(f"why deleted {run.get('deleted')}: the mock removed {len(removed)}; {held_removed} of them "
+                   "were held here (the others were off market and never synced)")
+    figures = (run.get("report") or {}).get("reconcile")
+    if figures:
+        same = figures.get("store_count_after") == figures.get("mls_count")
+        out.append(f"reconciled with the MLS's keys: the MLS lists {figures.get('mls_count', 0)} in scope, the store "
+                   f"holds {figures.get('store_count_after', 0)}"
+                   f"{' (they match)' if same else ' (see open conflicts: local edits wait for a decision)'}; "
+                   f"repaired {figures.get('missing', 0)} missing, {figures.get('stale', 0)} stale, "
+                   f"{figures.get('deleted', 0)} deleted")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     _quiet_logs()
@@ -109,10 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         rerun = any(_history(p) for p in args.providers)
         mock = stack.enter_context(mock_mls_process(
             "--listings", str(args.listings), "--photos-per-listing", str(args.photos_per_listing),
-            "--seed", "1", "--mlg-can-view", data_dir=args.data_dir / "mock"))
+            "--seed", "1", "--mlg-can-view", "--keep-state", data_dir=args.data_dir / "mock"))
         os.environ.update(mls_connections(mock["url"], mock["credentials"]))
         print(f"mock MLS: {mock['url']} ({args.listings} listings, {args.photos_per_listing} photos each)")
         print(f"properties store: {where}; photos: {os.environ['MLS_MEDIA_STORAGE']}")
+        changed: dict[str, list[str]] = {}
         if rerun:
             n = args.changes
             changed = control(mock["url"], "mutate", price=n, status=n, photo=max(1, n // 2), new=n,
@@ -132,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
             dag = bag.get_dag(sync_dag_id(pid))
             print(f"\n== {pid}: running its sync DAG {dag.dag_id} with dag.test()", flush=True)
             started = time.monotonic()
-            dag.test()
+            # a re-run reconciles: the incremental changes, then every key and modification time
+            # compared with the mock's, so removed listings and missed changes are repaired too
+            dag.test(run_conf={"mode": "reconcile"} if rerun else {})
             wall = time.monotonic() - started
             h = _history(pid) or {}
             totals = _totals(pid)
@@ -149,9 +198,12 @@ def main(argv: list[str] | None = None) -> int:
                   f"failed {h.get('photos_failed')}, {h.get('photo_bytes', 0) / 1e6:.1f} MB downloaded")
             print(f"   store now holds {totals['listings']} listings ({totals['active']} active), "
                   f"{totals['photos']} photos")
+            for line in _explain(pid, h, mock["url"], changed):
+                print(f"   {line}")
             if h.get("error_summary"):
                 print(f"   errors: {h['error_summary']}")
-    print("\nNext: `make demo` again for an incremental run; `make test` for the suite.")
+    print("\nNext: `make demo` again (the mock changes, then a reconciling run repairs every kind of change); "
+          "`make airflow` for the UI; `make test` for the suite.")
     return 1 if failures else 0
 
 

@@ -25,6 +25,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1, help="generator / mutation seed (default 1)")
     p.add_argument("--photos-per-listing", type=int, default=5, help="photos per listing (default 5)")
     p.add_argument("--data-dir", default=None, help="folder for the SQLite file (default: a temp dir)")
+    p.add_argument("--keep-state", action="store_true",
+                   help="with --data-dir: keep the feed and its changes for the next start (as make demo does)")
     p.add_argument("--photo-dir", default=None,
                    help="keep drawn photos as files here and serve them from there (default: draw on request)")
     p.add_argument("--cluster-size", type=int, default=None,
@@ -68,7 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
     core = {k: args.pop(k) for k in ("host", "port", "listings", "seed", "photos_per_listing", "data_dir",
-                                     "cluster_size", "control", "photo_dir", "media_host")}
+                                     "cluster_size", "control", "photo_dir", "media_host", "keep_state")}
     settings: dict[str, Any] = {k: v for k, v in args.items() if not (k == "max_page_size" and v is None)}
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -292,24 +292,30 @@ class RateLimiter:
 
 
 LIFECYCLE = {"ACT": "PND", "CS": "ACT", "AUC": "PND", "PND": "CLS"}  # status change: old -> new
-CHANGE_KINDS = ("price", "status", "photo", "new", "remove", "touch", "blank_modified")
+CHANGE_KINDS = ("price", "status", "photo", "new", "remove", "touch", "blank_modified", "backdate", "late")
+# "backdate": a price change stamped a day before the listing's own timestamp (an MLS that
+# back-dates); "late": a price change stamped LATE_HOURS before the newest change in the feed, the
+# way changes made during a feed outage arrive afterwards: both older than the watermark of a
+# client that synced after the newest change.
+LATE_HOURS = 6
 
 
 class Mutator:
     """Applies seeded random changes the way a live MLS changes, bumping the timestamps it should."""
 
-    def __init__(self, store: Store, generator: Generator, clock: Clock, seed: int) -> None:
+    def __init__(self, store: Store, generator: Generator, clock: Clock, seed: int, persistent: bool = False) -> None:
         self.store = store
         self.generator = generator
         self.clock = clock
         self.seed = seed
-        self.calls = 0
+        self.persistent = persistent  # the call count lives in the store, so a restart continues it
+        self.calls = store.counter("mutate_calls") if persistent else 0
 
     def mutate(self, **counts: int) -> dict[str, list[str]]:
         unknown = set(counts) - set(CHANGE_KINDS)
         if unknown:
             raise ValueError(f"unknown change kinds {sorted(unknown)}; known: {CHANGE_KINDS}")
-        self.calls += 1
+        self.calls = self.store.counter("mutate_calls", 1) if self.persistent else self.calls + 1
         rng = random.Random(f"{self.seed}:mutate:{self.calls}")
         now = self.clock.stamp_ms()
         conn = self.store.conn()
@@ -317,6 +323,8 @@ class Mutator:
         with self.store.write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                # the newest change before this call's (a client that synced since has it)
+                newest = conn.execute("SELECT MAX(ModificationTimestamp) FROM listings").fetchone()[0] or now
                 rows = conn.execute(
                     "SELECT ListingKey, MlsStatus, ListPrice, PhotosCount FROM listings WHERE InFeed = 1 "
                     "ORDER BY ListingKey"
@@ -351,6 +359,12 @@ class Mutator:
                     conn.execute("UPDATE listings SET InFeed = 0, ModificationTimestamp = ? WHERE ListingKey = ?",
                                  (now, key))
                     changed["remove"].append(key)
+                for kind, stamp in (("backdate", None), ("late", newest - LATE_HOURS * 3_600_000)):
+                    for key, _status, price, _n in pick(counts.get(kind, 0), ("ACT", "AUC", "CS")):
+                        conn.execute("UPDATE listings SET ListPrice = ?, ModificationTimestamp = "
+                                     "COALESCE(?, ModificationTimestamp - 86400000) WHERE ListingKey = ?",
+                                     (price + 5000, stamp, key))
+                        changed[kind].append(key)
                 for key, *_rest in pick(counts.get("touch", 0)):
                     conn.execute("UPDATE listings SET ModificationTimestamp = ? WHERE ListingKey = ?", (now, key))
                     changed["touch"].append(key)

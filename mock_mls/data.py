@@ -220,6 +220,20 @@ class Store:
                     conn.close()
             self._all.clear()
 
+    def has_feed(self) -> bool:
+        """Whether this file already holds a generated feed (a kept state, see MockMLS.keep_state)."""
+        return self.conn().execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'listings_orig'").fetchone()[0] > 0
+
+    def counter(self, name: str, add: int = 0) -> int:
+        """A number kept in the file (the mutate() call count of a kept state), after adding `add`."""
+        conn = self.conn()
+        with self.write_lock:
+            conn.execute("CREATE TABLE IF NOT EXISTS mock_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+            conn.execute("INSERT INTO mock_state VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = value + ?",
+                         (name, add, add))
+            return int(conn.execute("SELECT value FROM mock_state WHERE name = ?", (name,)).fetchone()[0])
+
     def create(self, generator: Generator, count: int, cluster: int) -> None:
         """Generate and bulk-insert everything in one transaction, then snapshot for reset()."""
         conn = self.conn()

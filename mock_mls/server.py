@@ -38,7 +38,8 @@ class MockMLS:
     def __init__(self, listings: int = 10_000, seed: int = 1, photos_per_listing: int = 5,
                  data_dir: str | Path | None = None, control: bool = False, host: str = "127.0.0.1",
                  port: int = 0, cluster_size: int | None = None, photo_cache_size: int = 64,
-                 photo_dir: str | Path | None = None, media_host: bool = False, **settings: Any) -> None:
+                 photo_dir: str | Path | None = None, media_host: bool = False, keep_state: bool = False,
+                 **settings: Any) -> None:
         self.listings_count = listings
         self.seed = seed
         self.photos_per_listing = photos_per_listing
@@ -55,6 +56,9 @@ class MockMLS:
         self.photos = PhotoCache(photo_cache_size, photo_dir)
         self.generator = Generator(seed, photos_per_listing)
         self._data_dir = Path(data_dir) if data_dir else None
+        # with a data_dir: the feed and its changes outlive the process, so a second run of the
+        # demo sees the first run's changes still there (and the next mutate() continues them)
+        self.keep_state = keep_state and self._data_dir is not None
         self._tmp: str | None = None
         self.store: Store | None = None
         self.rets = Rets(self)
@@ -79,10 +83,11 @@ class MockMLS:
         else:
             self._tmp = tempfile.mkdtemp(prefix="mock_mls_")
             folder = Path(self._tmp)
-        path = folder / f"mock_mls_{self.seed}_{self.listings_count}_{id(self):x}.sqlite"
-        self.store = Store(path)
-        self.store.create(self.generator, self.listings_count, self.cluster_size)
-        self.mutator = Mutator(self.store, self.generator, self.clock, self.seed)
+        name = "" if self.keep_state else f"_{id(self):x}"
+        self.store = Store(folder / f"mock_mls_{self.seed}_{self.listings_count}{name}.sqlite")
+        if not (self.keep_state and self.store.has_feed()):
+            self.store.create(self.generator, self.listings_count, self.cluster_size)
+        self.mutator = Mutator(self.store, self.generator, self.clock, self.seed, persistent=self.keep_state)
         self._httpd = _Server((self.host, self.port), _Handler)
         self._httpd.app = self
         self.port = self._httpd.server_address[1]
@@ -100,7 +105,7 @@ class MockMLS:
         return self
 
     def stop(self) -> None:
-        """Stop serving and delete the SQLite file. Safe to call twice."""
+        """Stop serving and delete the SQLite file (kept with keep_state). Safe to call twice."""
         for httpd in (self._httpd, self._media_httpd):
             if httpd:
                 httpd.shutdown()
@@ -108,7 +113,7 @@ class MockMLS:
         self._httpd = self._media_httpd = None
         if self.store:
             self.store.close()
-            for suffix in ("", "-wal", "-shm"):
+            for suffix in ("", "-wal", "-shm") if not self.keep_state else ():
                 Path(str(self.store.path) + suffix).unlink(missing_ok=True)
             self.store = None
         if self._tmp:

@@ -174,6 +174,16 @@ class StatusPoll(_Strict):
         return check_schedule(v)
 
 
+class Reconcile(_Strict):
+    """Key reconciliation: how often, and how much drift is worth an alert."""
+
+    # A scheduled run becomes a reconciliation when the last one is older than this (0: never on its
+    # own; a full sync also counts as one). It asks the MLS for keys and modification times only.
+    every_hours: float = Field(24, ge=0)
+    # Alert when the listings found missing, stale or gone exceed this share of the MLS's count.
+    max_drift: float = Field(0.01, ge=0, le=1)
+
+
 class Conflicts(_Strict):
     policy: Literal["mls_wins", "local_wins", "manual"] = "mls_wins"
 
@@ -223,6 +233,7 @@ class ProviderConfig(_Strict):
     retry: Retry = Field(default_factory=Retry)
     status_poll: StatusPoll = Field(default_factory=StatusPoll)
     conflicts: Conflicts = Field(default_factory=Conflicts)
+    reconcile: Reconcile = Field(default_factory=Reconcile)
     media: Media = Field(default_factory=Media)
     alerts: Alerts = Field(default_factory=Alerts)
     storage: dict[str, Any] = Field(default_factory=dict)  # object store settings; empty = environment

@@ -52,7 +52,7 @@ def _clean_list(values: Any, pattern: str, what: str) -> tuple[str, ...]:
 class RunOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mode: Literal["auto", "full", "incremental"] = "auto"
+    mode: Literal["auto", "full", "incremental", "reconcile"] = "auto"
     listing_keys: Annotated[tuple[str, ...], Field(default=())]
     postal_codes: Annotated[tuple[str, ...], Field(default=())]
     cities: Annotated[tuple[str, ...], Field(default=())]
@@ -109,8 +109,10 @@ class RunOptions(BaseModel):
 
 # The JSON schema the Airflow trigger form renders (one Param per field).
 PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
-    "mode": {"type": "string", "enum": ["auto", "full", "incremental"], "default": "auto",
-             "title": "Mode", "description": "auto: incremental from the watermark (full on the first run)"},
+    "mode": {"type": "string", "enum": ["auto", "full", "incremental", "reconcile"], "default": "auto",
+             "title": "Mode", "description": "auto: incremental from the watermark (full on the first run, a "
+             "key reconciliation when one is due); reconcile: incremental, then compare every key and "
+             "modification time with the MLS and repair the differences"},
     "listing_keys": {"type": ["array", "null"], "items": {"type": "string", "pattern": KEY_RE},
                      "default": None, "title": "Listing keys (partial sync)", "maxItems": MAX_ITEMS},
     "postal_codes": {"type": ["array", "null"], "items": {"type": "string", "pattern": POSTAL_RE},

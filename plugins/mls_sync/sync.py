@@ -32,7 +32,7 @@ from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, ServerError, Source
 from mls_sync.store import errors as err_store
-from mls_sync.store import leases, runs
+from mls_sync.store import keylist, leases, runs
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
 from mls_sync.store.db import commit_without_flush
@@ -172,6 +172,15 @@ def record_failure(ctx: SyncContext, plan: dict[str, Any], stage: str, exc: Base
 
 # ---------------------------------------------------------------- plan
 
+def reconciliation_due(provider: ProviderConfig, last_reconciled_at: datetime | None,
+                       now: datetime | None = None) -> bool:
+    """Whether a scheduled run should be a key reconciliation (see mls_sync.reconciliation)."""
+    every = provider.reconcile.every_hours
+    if every <= 0:
+        return False
+    return last_reconciled_at is None or (now or utcnow()) - last_reconciled_at >= timedelta(hours=every)
+
+
 def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: dict[str, Any] | None,
          trigger: str = "scheduled", process_bound: bool = False, triggered_by: str | None = None
          ) -> dict[str, Any]:
@@ -199,9 +208,16 @@ def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: 
         elif opts.mode == "full":
             mode = "full"
         else:
+            explicit_since = since is not None
             if since is None and watermark is not None:
                 since = watermark - timedelta(minutes=p.overlap_minutes)
-            mode = "incremental" if since is not None else "full"
+            if since is None:
+                mode = "full"
+            elif opts.mode == "reconcile" or (opts.mode == "auto" and not explicit_since and
+                                              reconciliation_due(p, status.get("last_reconciled_at"))):
+                mode = "reconcile"
+            else:
+                mode = "incremental"
         if mode == "full":
             since = None
         sync_id, _ = runs.open_run(
@@ -223,6 +239,7 @@ def plan(ctx: SyncContext, *, dag_id: str | None, dag_run_id: str | None, conf: 
     if not opts.dry_run:
         with ctx.db.begin() as c:
             purged = raw_store.purge_closed(c, ctx.t, p.provider_id)
+            keylist.purge_closed(c, ctx.t, p.provider_id)
         if purged:
             log.info("plan: dropped %d landed records of finished runs of %s", purged, p.provider_id)
     if not process_bound:
@@ -239,7 +256,7 @@ def criteria_for(provider: ProviderConfig, plan: dict[str, Any]) -> SearchCriter
                               cities=tuple(plan["cities"]), modified_since=_dt(plan.get("since")), select=select)
     if plan["mode"] == "full":
         return SearchCriteria(statuses=provider.source_statuses(provider.full_sync_statuses), select=select)
-    return SearchCriteria(modified_since=_dt(plan["since"]), select=select)
+    return SearchCriteria(modified_since=_dt(plan["since"]), select=select)  # incremental, reconcile
 
 
 # ---------------------------------------------------------------- fetch
@@ -419,6 +436,10 @@ def fetch(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
             for page in pages_for_keys(source, retry_keys):
                 _land_page(ctx, plan, page.records, None, page.number, totals, meter)
             extra["retried_keys"] = len(retry_keys)
+            if plan["mode"] == "reconcile":
+                from mls_sync import reconciliation
+
+                extra["reconcile"] = reconciliation.fetch_differences(ctx, plan, source, totals, meter, extra)
         tz = _source_time_zone(source)
         with ctx.db.begin() as c:
             runs.update_history(c, ctx.t, sid, fetch_cursor=FETCH_DONE)
@@ -626,39 +647,62 @@ def transform_load(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- reconcile
 
 def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
-    """On full syncs, find listings that left the active set or vanished from the MLS.
+    """On full syncs and key reconciliations, find listings that left the scope or the MLS.
 
-    A listing we hold as active but the full (active-only) search did not return is asked for by
-    key: if the MLS still has it, its new status is loaded (Closed, Withdrawn...); if not, it was
-    deleted and is soft-deleted, or becomes a conflict when it carries local edits.
+    A listing we hold in scope (the full sync's statuses) that the MLS did not list is asked for
+    by key: if the MLS still has it, its new status is loaded (Closed, Withdrawn...); if not, it
+    was deleted and is soft-deleted, or becomes a conflict when it carries local edits. What the
+    run found and repaired is its drift (report.reconcile), kept on the provider when it succeeds.
     """
-    if plan["mode"] != "full":
+    if plan["mode"] not in ("full", "reconcile"):
         return {"checked": 0, "deleted": 0, "refreshed": 0}
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
-    pr, rr = t.properties, t.mls_raw_records
-    with ctx.db.connect() as c:
-        require_fetched(runs.get_run(c, t, sid))
-        # Active keys we hold minus the keys this run fetched, as a set difference (EXCEPT): a
-        # full sync has just (re)written most of both tables, and without fresh statistics the
-        # planner ran the same question as an anti-join by nested loop, quadratic in listings
-        # (minutes at 100k). EXCEPT has no such plan, so it needs no ANALYZE first: 10k listings
-        # 8 ms instead of 25 with the ANALYZE, 100k 0.1 s instead of 0.24.
-        held = sa.select(pr.c.listing_key).where(pr.c.provider_id == p.provider_id, pr.c.deleted_at.is_(None),
-                                                 pr.c.is_active.is_(True))
-        fetched = sa.select(rr.c.listing_key).where(rr.c.provider_id == p.provider_id, rr.c.sync_id == sid)
-        missing = sorted(c.execute(sa.except_(held, fetched)).scalars())
-        run = runs.get_run(c, t, sid)
-    out = {"checked": len(missing), "deleted": 0, "refreshed": 0, "conflicted": 0}
-    if not missing:
-        return out
+    with _stage(ctx, plan, "reconcile") as extra:
+        with ctx.db.connect() as c:
+            run = runs.get_run(c, t, sid)
+            require_fetched(run)
+            if plan["mode"] == "full":
+                missing = _held_not_fetched(c, ctx, sid)
+                found = {"mls_count": raw_store.count_run(c, t, p.provider_id, sid)}
+            else:
+                missing = keylist.gone(c, t, p.provider_id, sid, p.full_sync_statuses)
+                found = dict(((run.get("stage_state") or {}).get("keys") or {}).get("found") or {})
+        out = {"checked": len(missing), "deleted": 0, "refreshed": 0, "conflicted": 0}
+        if missing:
+            out.update(_refresh_or_remove(ctx, plan, run, missing, extra))
+        with ctx.db.connect() as c:
+            after = keylist.in_scope(c, t, p.provider_id, p.full_sync_statuses)
+        from mls_sync.reconciliation import drift
+
+        extra["reconcile"] = drift(found, len(missing), out["deleted"], out["refreshed"], out["conflicted"], after)
+    log.info("reconcile: sync %s %s", sid, extra["reconcile"])
+    return {**out, "drift": extra["reconcile"]["drift"]}
+
+
+def _held_not_fetched(c: sa.Connection, ctx: SyncContext, sid: int) -> list[str]:
+    """Keys we hold in scope minus the keys this full sync fetched, as a set difference (EXCEPT): a
+    full sync has just (re)written most of both tables, and without fresh statistics the planner
+    ran the same question as an anti-join by nested loop, quadratic in listings (minutes at 100k).
+    EXCEPT has no such plan, so it needs no ANALYZE first: 10k listings 8 ms instead of 25 with the
+    ANALYZE, 100k 0.1 s instead of 0.24."""
+    p, pr, rr = ctx.provider, ctx.t.properties, ctx.t.mls_raw_records
+    held = sa.select(pr.c.listing_key).where(pr.c.provider_id == p.provider_id, pr.c.deleted_at.is_(None),
+                                             pr.c.status.in_(list(p.full_sync_statuses)))
+    fetched = sa.select(rr.c.listing_key).where(rr.c.provider_id == p.provider_id, rr.c.sync_id == sid)
+    return sorted(c.execute(sa.except_(held, fetched)).scalars())
+
+
+def _refresh_or_remove(ctx: SyncContext, plan: dict[str, Any], run: dict[str, Any], missing: list[str],
+                       extra: dict[str, Any]) -> dict[str, int]:
+    """Ask the MLS for these keys: load what it still has, remove what it does not."""
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     mapper = mapper_for_run(ctx, run)
     # continue transform_load's watermark: the refreshed listings add to it, never replace it
     acc = LoadProgress(stage="reconcile", max_modified=_dt((run.get("stage_state") or {}).get("max_modified")))
     key_field = p.roles().key
-    with _stage(ctx, plan, "reconcile") as extra, ctx.source() as source, counted_requests(ctx, plan, source):
-        extra["request"] = {"search": "listing keys held as active but not in the full search",
-                            "keys": len(missing)}
-        found: set[str] = set()
+    extra["request"] = {"search": "listing keys held in scope that the MLS did not list", "keys": len(missing)}
+    found: set[str] = set()
+    with ctx.source() as source, counted_requests(ctx, plan, source):
         for page in pages_for_keys(source, missing):
             batch = []
             for rec in page.records:
@@ -670,16 +714,14 @@ def reconcile(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
                 with ctx.db.begin() as c:
                     raw_store.land(c, t, p.provider_id, sid, [(k, r) for k, r, _ in batch])
                 load_records(ctx, plan, mapper, batch, acc)
-        vanished = [k for k in missing if k not in found]
-        with ctx.db.begin() as c:
-            gone = prop_store.remove_listings(c, t, p.provider_id, vanished, "not in the MLS (full sync)",
-                                              p.conflicts.policy, sid, dry_run=plan["dry_run"])
-            runs.add_counts(c, t, sid, {"deleted": gone["deleted"], "conflicted": gone["conflicted"]})
-        out.update(deleted=gone["deleted"] + acc.counts.get("deleted", 0), refreshed=len(found),
-                   conflicted=gone["conflicted"] + acc.counts.get("conflicted", 0))
-        extra["reconcile"] = out
-    log.info("reconcile: sync %s %s", sid, out)
-    return out
+    vanished = [k for k in missing if k not in found]
+    reason = "not in the MLS (full sync)" if plan["mode"] == "full" else "not in the MLS (key reconciliation)"
+    with ctx.db.begin() as c:
+        gone = prop_store.remove_listings(c, t, p.provider_id, vanished, reason, p.conflicts.policy, sid,
+                                          dry_run=plan["dry_run"])
+        runs.add_counts(c, t, sid, {"deleted": gone["deleted"], "conflicted": gone["conflicted"]})
+    return {"deleted": gone["deleted"] + acc.counts.get("deleted", 0), "refreshed": len(found),
+            "conflicted": gone["conflicted"] + acc.counts.get("conflicted", 0)}
 
 
 # ---------------------------------------------------------------- finalize
@@ -715,15 +757,26 @@ def finalize(ctx: SyncContext, plan: dict[str, Any] | None, failed_tasks: list[s
         if cancelled:
             summary = "cancelled by an operator"
         max_mod = _dt((run.get("stage_state") or {}).get("max_modified"))
-        move = state == "success" and not run["dry_run"] and run["mode"] in ("full", "incremental")
+        move = state == "success" and not run["dry_run"] and run["mode"] in ("full", "incremental", "reconcile")
         if state == "success" and not run["dry_run"]:
             err_store.resolve_run_failures(c, t, p.provider_id)
         closed = runs.close_run(c, t, sid, state=state, error_summary=summary, watermark_after=max_mod,
                                 move_watermark=move,
                                 unresolved_errors=err_store.unresolved_count(c, t, p.provider_id),
                                 touch_status=not run["dry_run"] and (other is None or other["sync_id"] == sid))
+        figures = (run.get("report") or {}).get("reconcile")
+        if move and figures and run["mode"] in ("full", "reconcile"):
+            runs.note_reconciled(c, t, p.provider_id, {"sync_id": sid, "mode": run["mode"], **figures})
         leases.release(c, t, sid)
     result = _result(p, closed, state, summary, int(status_changes))
+    if state == "success" and not run["dry_run"]:
+        from mls_sync.reconciliation import drift_alert
+
+        alert = drift_alert(p, figures)
+        if alert:
+            result["alerts"].append(alert)
+        if figures:
+            result["reconcile"] = figures
     log.info("finalize: %s", result)
     return result
 

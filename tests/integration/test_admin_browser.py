@@ -120,7 +120,7 @@ def _confirm(frame: Any, control: Any, yes: str) -> None:
 
 
 def test_login_nav_and_last_run_counts_match_database(logged_in: Any, stack: Stack, data: dict[str, Any],
-                                                      artifacts_dir: Path) -> None:
+                                                      artifacts_dir: Path, migrated_engine: sa.Engine) -> None:
     page = logged_in
     page.get_by_role("link", name="MLS Sync").click()
     page.wait_for_url(re.compile(r".*/plugin/mls-sync.*"), timeout=60_000)
@@ -132,6 +132,14 @@ def test_login_nav_and_last_run_counts_match_database(logged_in: Any, stack: Sta
     for key in ("records_fetched", "added", "updated", "unchanged", "deleted", "failed", "photos_added"):
         assert card.locator(f'[data-count="{key}"]').inner_text() == f"{int(run[key]):,}", key
     assert "idle" in card.locator('[data-field="display_state"]').inner_text()
+    # the drift figure: the MLS's count against ours at the last reconciliation (the full sync)
+    with migrated_engine.connect() as c:
+        figures = c.execute(sa.text("SELECT last_reconcile FROM mls_sync_status WHERE provider_id = :p"),
+                            {"p": PROVIDER}).scalar_one()
+    assert figures and figures["mls_count"] == run["records_fetched"] > 0
+    assert card.locator('[data-drift="mls"]').inner_text() == f"{figures['mls_count']:,}"
+    assert card.locator('[data-drift="after"]').inner_text() == f"{figures['store_count_after']:,}"
+    assert card.locator('[data-drift="ratio"]').inner_text() == "drift 0.00%"
     page.screenshot(path=str(artifacts_dir / "dashboard-overview-in-airflow-1280.png"))
 
 

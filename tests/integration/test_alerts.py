@@ -64,7 +64,8 @@ def test_failed_sync_alerts_email_and_slack(mock_mls_factory, db, db_url, tmp_pa
     assert fetch_ti.try_number == 1  # credentials refused: not retried (vendors lock accounts)
     run = last_run(db, "demo_reso")
     assert run["state"] == "failed"
-    assert run["error_summary"].startswith("fetch failed: AuthError (auth): token endpoint refused"), run["error_summary"]
+    summary = run["error_summary"]
+    assert summary.startswith("fetch failed: AuthError (auth): token endpoint refused"), summary
 
     assert len(inbox.messages) == 1, [m["Subject"] for m in inbox.messages]  # one alert per failed run
     mail = inbox.messages[0]
@@ -94,3 +95,22 @@ def test_stale_provider_alerts_once(mock_mls_factory, db, db_url, tmp_path, smtp
     run_dag("mls_status__demo_reso")
     stale = [m for m in inbox.messages if "no successful sync" in m["Subject"]]
     assert len(stale) == 1, [m["Subject"] for m in inbox.messages]
+
+
+def test_drift_above_the_yaml_threshold_alerts(mock_mls_factory, db, db_url, tmp_path, smtp_inbox,
+                                               alerting_providers) -> None:
+    """A reconciliation that finds more differences than `reconcile.max_drift` allows sends one alert
+    naming the figures; the run itself succeeds (it repaired them)."""
+    inbox, _ = smtp_inbox
+    mls = mock_mls_factory(listings=60, seed=4, photos_per_listing=1)
+    point_at(mls, db_url, str(tmp_path / "media"))
+    run_dag("mls_sync__demo_reso", {"include_photos": False})
+    inbox.messages.clear()
+    mls.mutate(backdate=3)  # invisible to an incremental sync: 3 of ~40 in scope is above 1 %
+    dr = run_dag("mls_sync__demo_reso", {"include_photos": False, "mode": "reconcile"})
+    assert str(dr.state) == "success"
+    run = last_run(db, "demo_reso")
+    assert run["mode"] == "reconcile" and run["report"]["reconcile"]["stale"] == 3
+    drift = [m for m in inbox.messages if "drift" in m["Subject"]]
+    assert len(drift) == 1, [m["Subject"] for m in inbox.messages]
+    assert "3 stale" in text_of(drift[0]) and "above 1.0%" in drift[0]["Subject"]

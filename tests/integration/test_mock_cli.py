@@ -54,3 +54,20 @@ def test_ten_thousand_listings_start_in_seconds() -> None:
         elapsed = time.perf_counter() - started
         print(f"\nmock_mls: 10,000 listings ready in {elapsed:.2f}s (generation {mls.startup_seconds:.2f}s)")
         assert len(mls.all_keys()) == 10_000
+
+
+def test_kept_state_outlives_the_process(tmp_path: Path) -> None:
+    """`--keep-state` (make demo): the feed and its changes survive a restart, and the next mutate()
+    continues the sequence instead of repeating the first run's changes."""
+    with MockMLS(listings=120, seed=5, photos_per_listing=1, data_dir=tmp_path, keep_state=True) as m:
+        first = m.mutate(price=3, new=2, remove=2)
+        changed_price = {k: m.listing(k)["ListPrice"] for k in first["price"]}
+        keys = set(m.all_keys())
+    with MockMLS(listings=120, seed=5, photos_per_listing=1, data_dir=tmp_path, keep_state=True) as m:
+        assert set(m.all_keys()) == keys  # new listings still there, removed ones still gone
+        assert {k: m.listing(k)["ListPrice"] for k in first["price"]} == changed_price
+        second = m.mutate(price=3, new=2, remove=2)
+        assert set(second["price"]).isdisjoint(first["price"]) or second["price"] != first["price"]
+        assert set(second["new"]).isdisjoint(first["new"])
+    with MockMLS(listings=120, seed=5, photos_per_listing=1, data_dir=tmp_path) as m:  # no keep_state: fresh
+        assert set(m.all_keys()) != keys

@@ -149,6 +149,13 @@ def record_stage(conn: Connection, t: Tables, sync_id: int, stage: str, seconds:
         merge_into(conn, t, sync_id, "report", extra)
 
 
+def note_reconciled(conn: Connection, t: Tables, provider_id: str, figures: dict[str, Any]) -> None:
+    """A successful full sync or key reconciliation: what it found, for the drift shown per provider."""
+    s = t.mls_sync_status
+    conn.execute(s.update().where(s.c.provider_id == provider_id).values(
+        last_reconciled_at=sa.func.now(), last_reconcile=figures))
+
+
 def get_run(conn: Connection, t: Tables, sync_id: int) -> dict[str, Any]:
     h = t.mls_sync_history
     return dict(conn.execute(sa.select(h).where(h.c.id == sync_id)).mappings().one())

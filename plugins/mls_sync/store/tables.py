@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 
 TABLES = ("properties", "property_media", "property_status_history", "property_conflicts",
           "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync",
-          "mls_metadata_cache", "mls_sync_leases")
+          "mls_metadata_cache", "mls_sync_leases", "mls_reconcile_keys")
 
 
 class Tables:
@@ -33,6 +33,7 @@ class Tables:
     mls_raw_records: sa.Table
     property_media_sync: sa.Table
     mls_metadata_cache: sa.Table
+    mls_reconcile_keys: sa.Table
     mls_sync_leases: sa.Table
 
 

@@ -215,6 +215,14 @@ def setup_notes(p: Provider, pools: set[str]) -> dict[str, list[str]]:
     return out
 
 
+def reconcile_view(figures: dict[str, Any] | None, config: ProviderConfig | None) -> dict[str, Any] | None:
+    """The last reconciliation's figures, with whether its drift was above the YAML's threshold."""
+    if not figures:
+        return None
+    limit = config.reconcile.max_drift if config else 0.0
+    return {**figures, "max_drift": limit, "over": float(figures.get("drift") or 0) > limit}
+
+
 def _display_state(state: str, active: Any) -> str:
     """The badge: our own state, unless Airflow already has a run of it queued or running
     (before `plan` marks the provider running, ours still says idle or failed)."""
@@ -232,7 +240,9 @@ def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], u
     latest_airflow = dag.get("latest_run")
     last_run_id = (last or {}).get("dag_run_id") or (latest_airflow.run_id if latest_airflow else None)
     card = {k: s.get(k) for k in ("current_stage", "last_run_at", "last_run_mode", "last_success_at",
-                                   "last_failure_at", "last_error", "last_duration_seconds", "current_run")}
+                                   "last_failure_at", "last_error", "last_duration_seconds", "current_run",
+                                   "last_reconciled_at")}
+    card["reconcile"] = reconcile_view(s.get("last_reconcile"), p.config)
     card.update({k: s.get(k, 0) for k in ("errors_24h", "open_errors", "dead_letters", "open_conflicts")})
     card.update(
         provider_id=p.provider_id, name=p.name, protocol=p.protocol.upper(), dag_id=p.dag_id, schedule=p.schedule,
@@ -337,6 +347,9 @@ def _run(user: Any, run_id: int) -> dict[str, Any]:
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No run {run_id} visible to you")
     run["run_url"] = run_url(run["dag_id"], run["dag_run_id"]) if run["dag_id"] else None
+    if (run.get("report") or {}).get("reconcile"):
+        config = next((p.config for p in providers if p.provider_id == run["provider_id"]), None)
+        run["report"]["reconcile"] = reconcile_view(run["report"]["reconcile"], config)
     total = sum(s for _, s in run["timings"]) or 1.0
     run["timing_bars"] = [(name, secs, round(100 * secs / total, 1)) for name, secs in run["timings"]]
     _mark_editable(user, providers, run["errors"], "resolved")
