@@ -14,16 +14,18 @@ from typing import Any
 from bench.stack import set_airflow_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-NAMES = {"full": "1", "incremental": "2", "nochange": "3", "media": "4", "full100k": "5", "window": "6"}
+NAMES = {"full": "1", "incremental": "2", "nochange": "3", "media": "4", "full100k": "5", "window": "6",
+         "reconcile": "9"}
 HELP = ("scenarios: 1/full (10,000 listings), 2/incremental (1%% changed), 3/nochange, 4/media (2,000 photos), "
-        "5/full100k (100,000 listings), 6/window (row cap 2,500, Offset ignored); default: all")
+        "5/full100k (100,000 listings), 6/window (row cap 2,500, Offset ignored), 9/reconcile (a key "
+        "reconciliation of 100,000 listings vs their full sync); default: all")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=HELP)
     ap.add_argument("scenarios", nargs="*", help="scenario numbers or names (default: all)")
     ap.add_argument("--listings", type=int, help="listings for the selected scenarios "
-                    "(default 10,000 for 1-3 and 100,000 for 5-6)")
+                    "(default 10,000 for 1-3 and 100,000 for 5, 6 and 9)")
     ap.add_argument("--photos", type=int, default=2000, help="photos for scenario 4 (default 2,000)")
     ap.add_argument("--providers", default="demo_rets,demo_reso", help="providers for scenarios 1-3")
     ap.add_argument("--profile", action="store_true", help="pyinstrument profile of the engine runs "
@@ -37,7 +39,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     a = ap.parse_args(argv)
     picked = []
-    for s in a.scenarios or ["1", "2", "3", "4", "5", "6"]:
+    for s in a.scenarios or ["1", "2", "3", "4", "5", "6", "9"]:
         s = NAMES.get(s, s)
         if s not in NAMES.values():
             ap.error(f"unknown scenario {s!r}; {HELP}")
@@ -105,9 +107,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                             print("-- 1 peer: ours vs rets", flush=True)
                             out.append(sc.peer_compare(b, "1", n1, got[0]["_recorded"]))
             # 5 and 6 before the photo batches (4): their peak RSS is the 100k sync's own
-            if sel & {"5", "6"}:
+            if sel & {"5", "6", "9"}:
                 n = a.listings or 100_000
-                print(f"== scenarios {sorted(sel & {'5', '6'})}: mock MLS with {n:,} listings", flush=True)
+                print(f"== scenarios {sorted(sel & {'5', '6', '9'})}: mock MLS with {n:,} listings", flush=True)
                 with mock_mls(n) as mock:
                     monitor.watch(mock.pid, "mock")
                     expected = None
@@ -124,6 +126,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     if "6" in sel:
                         print("-- 6 window fallback demo_rets", flush=True)
                         out.append(sc.window_fallback(b, mock, n, expected))
+                    if "9" in sel:  # last: it changes the mock
+                        print("-- 9 key reconciliation demo_rets", flush=True)
+                        out += sc.reconciliation(b, mock, n)
             if sel & {"2", "3"}:
                 n = a.listings or 10_000
                 print(f"== scenarios {sorted(sel & {'2', '3'})}: mock MLS with {n:,} listings", flush=True)

@@ -367,6 +367,25 @@ class Mapper:
             out["status"] = self.status_map.get(out["mls_status"])
         return out
 
+    def column_reader(self, column: str) -> Callable[[dict[str, Any]], Any]:
+        """One column's value from a record, as map_columns gives it (bad value -> None), without
+        walking every field's step per record: the key walk reads only the modification time."""
+        step = next((st for st in self._steps if st[1] == column), None)
+        if step is None:
+            return lambda record: None
+        name, convert, target = step[0], step[2] or n_string, step[3]
+
+        def read(record: dict[str, Any]) -> Any:
+            value = record.get(name)
+            if value is None:
+                return None
+            try:
+                return convert(value, target, self)
+            except ValueProblem:
+                return None
+
+        return read
+
     @staticmethod
     def is_active(row: dict[str, Any]) -> bool:
         return row.get("status") in ACTIVE_STATUSES

@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mls_sync.config import ProviderConfig
 from mls_sync.mapping import Mapper, parse_time_zone
-from mls_sync.sources.base import SearchCriteria, Source
+from mls_sync.pipeline import prefetched
+from mls_sync.sources.base import Page, SearchCriteria, Source
 from mls_sync.store import keylist, runs
 from mls_sync.store import raw as raw_store
 from mls_sync.store.db import commit_without_flush
@@ -82,29 +84,37 @@ def fetch_differences(ctx: SyncContext, plan: dict[str, Any], source: Source, to
 
 def _walk_keys(ctx: SyncContext, plan: dict[str, Any], source: Source, cursor: dict[str, Any] | None,
                meter: RequestMeter | None) -> None:
-    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
-    roles = p.roles()
-    mapper = Mapper(p, time_zone=parse_time_zone(_source_time_zone(source)))
-    wanted = {"mls_modified_at"}
+    modified_of = Mapper(ctx.provider, time_zone=parse_time_zone(_source_time_zone(source))).column_reader(
+        "mls_modified_at")
     seen, started = 0, time.monotonic()
-    for page in source.pages(key_criteria(p), resume_from=cursor):
-        pairs = []
-        for rec in page.records:
-            key = _key_of(roles.key, rec)
-            if key and not raw_store.is_deleted(rec):
-                pairs.append((key, mapper.map_columns(rec, wanted).get("mls_modified_at")))
-        with ctx.db.begin() as c:
-            commit_without_flush(c)
-            keylist.land(c, t, p.provider_id, sid, pairs)
-            runs.merge_nested(c, t, sid, "stage_state", "keys", {"cursor": page.cursor})
-            if meter is not None:
-                runs.add_counts(c, t, sid, {"requests": meter.take()})
-            progress(c, ctx, plan, "fetch", {"keys": seen + len(pairs)})
-        seen += len(pairs)
-        log.info("reconcile: key page %d: %d keys; %d so far (%s)", page.number, len(pairs), seen,
-                 rate(seen, started))
+    # the next page downloads and parses while this one is landed, as in the fetch walk
+    with prefetched(source.pages(key_criteria(ctx.provider), resume_from=cursor), name="key-pages") as pages:
+        for page in pages:
+            seen += _land_keys(ctx, plan, page, modified_of, meter, seen)
+            log.info("reconcile: key page %d: %d keys; %d so far (%s)", page.number, len(page.records), seen,
+                     rate(seen, started))
     with ctx.db.begin() as c:
-        runs.merge_nested(c, t, sid, "stage_state", "keys", {"walked": True})
+        runs.merge_nested(c, ctx.t, plan["sync_id"], "stage_state", "keys", {"walked": True})
+
+
+def _land_keys(ctx: SyncContext, plan: dict[str, Any], page: Page, modified_of: Callable[[dict[str, Any]], Any],
+               meter: RequestMeter | None, seen: int) -> int:
+    """One page of (key, modification time) pairs and its cursor, in one transaction."""
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    key_field = p.roles().key
+    pairs = []
+    for rec in page.records:
+        key = _key_of(key_field, rec)
+        if key and not raw_store.is_deleted(rec):
+            pairs.append((key, modified_of(rec)))
+    with ctx.db.begin() as c:
+        commit_without_flush(c)
+        keylist.land(c, t, p.provider_id, sid, pairs)
+        runs.merge_nested(c, t, sid, "stage_state", "keys", {"cursor": page.cursor})
+        if meter is not None:
+            runs.add_counts(c, t, sid, {"requests": meter.take()})
+        progress(c, ctx, plan, "fetch", {"keys": seen + len(pairs)})
+    return len(pairs)
 
 
 def drift(found: dict[str, int], gone: int, deleted: int, refreshed: int, conflicted: int,

@@ -207,3 +207,14 @@ def test_iana_zone_and_bad_zone() -> None:
     assert datetime(2024, 7, 15, 12, tzinfo=chicago).utcoffset() == timedelta(hours=-5)  # daylight time
     with pytest.raises(ValueError, match="unknown time zone"):
         parse_time_zone("Mars/Olympus")
+
+
+def test_column_reader_reads_what_map_columns_maps() -> None:
+    """The key walk's fast reader of one column gives exactly map_columns' value, bad values None."""
+    mapper = Mapper(find_provider("demo_rets", MAPPINGS), time_zone=parse_time_zone("-05:00"))
+    read = mapper.column_reader("mls_modified_at")
+    for value in ("2025-09-25T12:00:00", "2025-09-25T12:00:00.123", "not a time", "", None):
+        rec = {"LIST_87": value}
+        assert read(rec) == mapper.map_columns(rec, {"mls_modified_at"}).get("mls_modified_at"), value
+    assert read({"LIST_87": "2025-09-25T12:00:00"}).isoformat() == "2025-09-25T17:00:00+00:00"
+    assert mapper.column_reader("no_such_column")({"LIST_87": "x"}) is None
