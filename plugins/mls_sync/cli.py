@@ -323,7 +323,7 @@ def add_sync(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sync", help="run one sync (plan, fetch, load, reconcile, photos, finalize) "
                                     "into MLS_DATABASE_URL, without Airflow")
     _source_args(p)
-    p.add_argument("--mode", choices=("auto", "full", "incremental"), default="auto")
+    p.add_argument("--mode", choices=("auto", "full", "incremental", "reconcile"), default="auto")
     p.add_argument("--listing", action="append", help="partial sync: listing key (repeatable)")
     p.add_argument("--postal-code", action="append", help="partial sync: postal code (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="fetch and compare; write nothing")
