@@ -444,6 +444,7 @@ class Topology:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     pids: dict[str, int] = field(default_factory=dict)
     killed: dict[str, list[int]] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
 
     def token(self, user: str = ADMIN) -> str:
         import requests
