@@ -483,6 +483,19 @@ class Topology:
         self.killed[name] = pids
         return pids
 
+    def worker_answers(self, hostname: str) -> bool:
+        """Whether the Celery worker of that host name answers a ping through the stack's broker."""
+        from celery import Celery
+
+        app = Celery(broker=self.redis_url)
+        prefix = self.env.get("AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX")
+        if prefix:
+            app.conf.broker_transport_options = {"global_keyprefix": prefix}
+        try:
+            return bool(app.control.ping(destination=[f"{hostname}@127.0.0.1"], timeout=2))
+        finally:
+            app.close()
+
     def stop_all(self) -> None:
         """Reverse start order: workers first, the API server last."""
         for name in reversed(list(self.processes)):

@@ -107,20 +107,7 @@ def test_a_worker_killed_mid_batch_is_survived(stack: Stack) -> None:
     assert set(in_bucket) == referenced  # nothing the dead try uploaded is left beside what is recorded
 
     # the restarted worker (same host name) answers again: the package's other tests keep two workers
-    wait_for(f"{killed} to answer a ping", lambda: _pong(topo, victim["hostname"]), topo, 120, every=2)
-
-
-def _pong(topo: Any, hostname: str) -> bool:
-    """A Celery ping to one worker through the stack's broker (its keys carry the stack's prefix)."""
-    from celery import Celery
-
-    app = Celery(broker=topo.redis_url)
-    app.conf.broker_transport_options = {
-        "global_keyprefix": topo.env["AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__GLOBAL_KEYPREFIX"]}
-    try:
-        return bool(app.control.ping(destination=[f"{hostname}@127.0.0.1"], timeout=2))
-    finally:
-        app.close()
+    wait_for(f"{killed} to answer a ping", lambda: topo.worker_answers(victim["hostname"]), topo, 120, every=2)
 
 
 def test_workers_keep_nothing_on_their_own_disk(stack: Stack) -> None:
