@@ -92,7 +92,7 @@ def test_each_native_service_has_the_compose_environment(native: tuple) -> None:
         assert set(compose_env) <= set(ours), (name, set(compose_env) - set(ours))
         added = set(ours) - set(compose_env) - set(clean_env())
         assert added <= set(cf.NATIVE_ONLY_ENV) | set(cf.WORKER_ENV), (name, added)
-        assert not {k for k in clean_env() if k.startswith(("AIRFLOW", "MLS_", "AWS_"))}
+        assert not {k for k in clean_env() if k.startswith(("AIRFLOW", "_AIRFLOW", "MLS_", "AWS_"))}
         for key, value in compose_env.items():
             mine = ours[key]
             if not any(h in value for h in COMPOSE_HOSTS) and not value.startswith("/opt/"):
