@@ -1,4 +1,5 @@
-# The two commands: `make demo` and `make test`. Everything else is a building block.
+# The two commands: `make demo` and `make test`. `make airflow` shows the demo's data in Airflow's
+# UI; `make stack` runs docker-compose.yaml's distributed stack without Docker. The rest are blocks.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -12,13 +13,21 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION := True
 export PYTHONPATH := $(CURDIR):$(CURDIR)/plugins
 
-.PHONY: demo test venv airflow-db bench lint compose-config psql clean
+.PHONY: demo test stack airflow venv airflow-db bench lint compose-config psql clean
 
 demo: venv airflow-db
 	$(PY) -m devstack.demo $(DEMO_ARGS)
 
 test: venv airflow-db
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docker-compose.yaml's services as processes on 127.0.0.1 (CeleryExecutor, 2 workers); Ctrl-C stops them.
+stack: venv
+	$(PY) -m devstack.run stack $(STACK_ARGS)
+
+# api-server, scheduler, dag-processor, triggerer (LocalExecutor) on make demo's data; Ctrl-C stops them.
+airflow: venv
+	$(PY) -m devstack.run airflow $(AIRFLOW_ARGS)
 
 bench: venv airflow-db
 	$(PY) -m bench $(BENCH_ARGS)

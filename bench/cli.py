@@ -15,19 +15,22 @@ from bench.stack import set_airflow_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAMES = {"full": "1", "incremental": "2", "nochange": "3", "media": "4", "full100k": "5", "window": "6",
-         "reconcile": "9"}
+         "celery": "7", "reconcile": "9"}
 HELP = ("scenarios: 1/full (10,000 listings), 2/incremental (1%% changed), 3/nochange, 4/media (2,000 photos), "
-        "5/full100k (100,000 listings), 6/window (row cap 2,500, Offset ignored), 9/reconcile (a key "
-        "reconciliation of 100,000 listings vs their full sync); default: all")
+        "5/full100k (100,000 listings), 6/window (row cap 2,500, Offset ignored), 7/celery (media stage through "
+        "the Celery stack, 1 vs 2 workers, 500 listings x 8 photos; runs only when named), 9/reconcile (a key "
+        "reconciliation of 100,000 listings vs their full sync); default: 1-6 and 9")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=HELP)
     ap.add_argument("scenarios", nargs="*", help="scenario numbers or names (default: all)")
     ap.add_argument("--listings", type=int, help="listings for the selected scenarios "
-                    "(default 10,000 for 1-3 and 100,000 for 5, 6 and 9)")
+                    "(default 10,000 for 1-3, 100,000 for 5, 6 and 9, 500 for 7)")
     ap.add_argument("--photos", type=int, default=2000, help="photos for scenario 4 (default 2,000)")
     ap.add_argument("--providers", default="demo_rets,demo_reso", help="providers for scenarios 1-3")
+    ap.add_argument("--photos-per-listing", type=int, default=8, help="photos per listing for scenario 7 (default 8)")
+    ap.add_argument("--batch-listings", type=int, default=25, help="media.batch_listings for scenario 7 (default 25)")
     ap.add_argument("--profile", action="store_true", help="pyinstrument profile of the engine runs "
                     "(bench/results/profile-*.html and .txt)")
     ap.add_argument("--no-dag", action="store_true", help="skip the dag.test() run of scenario 1")
@@ -148,6 +151,13 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             if "4" in sel:
                 print(f"== scenario 4: media stage, {a.photos:,} photos", flush=True)
                 out.append(sc.media_stage(b, a.photos))
+            if "7" in sel:
+                from bench.celery_scale import celery_media_scale
+
+                n7 = a.listings or 500
+                print(f"== scenario 7: media stage through the Celery stack, {n7:,} listings x "
+                      f"{a.photos_per_listing} photos, 1 then 2 workers", flush=True)
+                out.append(celery_media_scale(b, n7, a.photos_per_listing, a.batch_listings))
             doc["scenarios"] = out
     finally:
         monitor.stop()

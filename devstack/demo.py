@@ -35,6 +35,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def demo_mock(listings: int, photos_per_listing: int, data_dir: Path) -> Any:
+    """The demo's mock MLS; its data lives in data_dir/mock, so `make airflow` serves the same feed."""
+    return mock_mls_process("--listings", str(listings), "--photos-per-listing", str(photos_per_listing),
+                            "--seed", "1", "--mlg-can-view", "--keep-state", data_dir=data_dir / "mock")
+
+
 def _quiet_logs() -> None:
     """Airflow's own chatter off; the engine's progress lines (stages, pages, batches, photos) on."""
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
@@ -153,9 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
         migrate(get_engine())
         rerun = any(_history(p) for p in args.providers)
-        mock = stack.enter_context(mock_mls_process(
-            "--listings", str(args.listings), "--photos-per-listing", str(args.photos_per_listing),
-            "--seed", "1", "--mlg-can-view", "--keep-state", data_dir=args.data_dir / "mock"))
+        mock = stack.enter_context(demo_mock(args.listings, args.photos_per_listing, args.data_dir))
         os.environ.update(mls_connections(mock["url"], mock["credentials"]))
         print(f"mock MLS: {mock['url']} ({args.listings} listings, {args.photos_per_listing} photos each)")
         print(f"properties store: {where}; photos: {os.environ['MLS_MEDIA_STORAGE']}")

@@ -22,6 +22,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -359,6 +360,29 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+@contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """Start pool workers without re-running the parent's main script in them.
+
+    forkserver and spawn re-run `__main__` in each worker. When that is a console script with no
+    module spec and no `__main__` guard, such as Airflow's `airflow` entry point, the script runs
+    again: inside an Airflow task it imports Airflow with the metadata database URL Airflow blocks
+    in task processes, and every worker dies (BrokenProcessPool). The workers need only this
+    module, so multiprocessing is not told where such a script is. A `python -m` module (with a
+    spec) is re-imported as usual.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None or getattr(main, "__spec__", None) is not None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 class PhotoProcessor:
     """A reusable process pool making variants for batches; results come back in input order.
 
@@ -403,7 +427,9 @@ class PhotoProcessor:
         if self._pool is None:
             ctx = multiprocessing.get_context(self._start_method)
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
-        yield from self._pool.map(functools.partial(_process_one, self._options), batch)
+        with _main_script_hidden():  # the workers start on the first submit
+            results = self._pool.map(functools.partial(_process_one, self._options), batch)
+        yield from results
 
     def close(self) -> None:
         if self._pool is not None:

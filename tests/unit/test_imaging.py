@@ -276,3 +276,32 @@ def test_process_pool_matches_serial_results() -> None:
     assert [type(r) for r in pooled] == [imaging.ProcessedPhoto, ImageError, *[imaging.ProcessedPhoto] * 2]
     assert pooled[0] == serial[0] and pooled[2:] == serial[2:]
     assert isinstance(serial[1], ImageError) and pooled[1].reason == serial[1].reason == "not_an_image"
+
+
+def test_pool_works_under_a_console_script_that_must_not_run_twice(tmp_path) -> None:
+    """Airflow runs a task under its `airflow` console script and blocks the metadata database in
+    the task's environment; a pool worker that re-ran that script would import Airflow there and
+    die (BrokenProcessPool: every photo of a LocalExecutor media task failed). The workers need
+    only this module, so a script without a module spec is not re-run in them."""
+    import subprocess
+    import sys
+
+    from devstack import ROOT
+
+    script = tmp_path / "console-script"  # no .py, no __main__ guard, like bin/airflow
+    script.write_text(
+        "import os, sys\n"
+        "if os.environ.get('IN_CHILD'):\n"
+        "    sys.exit('the parent script ran again in a pool worker')\n"
+        "os.environ['IN_CHILD'] = '1'  # what the children inherit, like AIRFLOW__DATABASE__SQL_ALCHEMY_CONN\n"
+        "from mls_sync.imaging import PhotoProcessor\n"
+        "from PIL import Image\n"
+        "import io\n"
+        "buf = io.BytesIO(); Image.new('RGB', (300, 200), 'red').save(buf, 'JPEG')\n"
+        "with PhotoProcessor(workers=2, sizes={'thumbnail': 64}) as p:\n"
+        "    out = list(p.map([buf.getvalue()] * 3))\n"
+        "print('variants', sum(len(r.variants) for r in out))\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{ROOT}:{ROOT / 'plugins'}"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "variants 6"

@@ -94,3 +94,15 @@ class Api:
 
         return wait_for(f"run {run_id} of {dag_id} to finish", finished, self.stack, timeout, every=2,
                         detail=lambda: self.states(dag_id, run_id))
+
+    def mapped_tries(self, dag_id: str, run_id: str, task_id: str, map_index: int) -> list[dict[str, Any]]:
+        """Every try of one mapped task instance, oldest first."""
+        r = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/{map_index}/tries")
+        r.raise_for_status()
+        return sorted(r.json()["task_instances"], key=lambda t: t["try_number"])
+
+    def xcom(self, dag_id: str, run_id: str, task_id: str, map_index: int = -1, key: str = "return_value") -> Any:
+        """A task's XCom value as the API returns it (deserialized), or None when there is none."""
+        r = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+                     map_index=map_index, deserialize=True)
+        return r.json()["value"] if r.status_code == 200 else None
