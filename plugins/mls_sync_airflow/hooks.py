@@ -12,6 +12,7 @@ Connections:
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,25 @@ from typing import Any
 from airflow.sdk import BaseHook
 from airflow.sdk.exceptions import AirflowNotFoundException
 from mls_sync.connections import Connection, ConnectionNotFound
-from mls_sync.objectstore import ObjectStore, storage_settings, store_from_settings
-from mls_sync.store.db import DRIVER, get_engine
+from mls_sync.objectstore import STORAGE_ENV, ObjectStore, ObjectStoreConfigError, storage_settings, store_from_settings
+from mls_sync.store.db import DRIVER, ENV_VAR, DatabaseConfigError, get_engine
 from sqlalchemy.engine import URL, Engine
 
 PROPERTIES_DB_CONN_ID = "mls_properties_db"
+
+
+# Executors whose tasks all run on this one machine: only there may the demo's defaults (an embedded
+# PostgreSQL and photos in .data/media) stand in for a missing setting.
+ONE_HOST_EXECUTORS = frozenset({"LocalExecutor", "SequentialExecutor", "DebugExecutor"})
+
+
+def distributed_executor() -> str | None:
+    """The configured executor when tasks may run on other hosts (Celery, Kubernetes...), else None."""
+    from airflow.configuration import conf
+
+    executor = conf.get("core", "executor", fallback="") or ""
+    names = [part.split(":")[-1].strip().split(".")[-1] for part in executor.split(",") if part.strip()]
+    return executor if names and not set(names) <= ONE_HOST_EXECUTORS else None
 
 
 def _optional_connection(conn_id: str) -> Any | None:
@@ -106,6 +121,11 @@ class PropertiesStoreHook(BaseHook):
 
     def get_conn(self) -> Engine:
         conn = _optional_connection(self.postgres_conn_id)
+        if conn is None and not os.environ.get(ENV_VAR) and (executor := distributed_executor()):
+            raise DatabaseConfigError(
+                f"no properties database is configured: add the Airflow connection {self.postgres_conn_id} "
+                f"(postgres) or set {ENV_VAR}. Under {executor} each worker would otherwise write to an embedded "
+                "database of its own")
         return get_engine(properties_db_url(conn) if conn is not None else None)
 
 
@@ -121,6 +141,10 @@ def _s3_client_via_hook(settings: dict[str, Any]) -> Any:
 
 
 def media_store(provider_storage: dict[str, Any]) -> ObjectStore:
+    if not provider_storage and not os.environ.get(STORAGE_ENV) and (executor := distributed_executor()):
+        raise ObjectStoreConfigError(
+            f"no photo storage is configured: set `storage:` in the provider YAML or {STORAGE_ENV} (an S3 "
+            f"bucket). Under {executor} each worker would otherwise keep photos on its own disk")
     settings = storage_settings(provider_storage)
     if settings.get("backend") == "local" and settings.get("root"):
         settings["root"] = str(Path(settings["root"]).expanduser())
