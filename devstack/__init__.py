@@ -36,6 +36,26 @@ def airflow_env(home: Path | None = None) -> dict[str, str]:
     }
 
 
+def private_airflow_home(dest: Path) -> dict[str, str]:
+    """A throwaway AIRFLOW_HOME whose SQLite metadata DB is a consistent copy of the migrated one
+    in .airflow (`make airflow-db`), for a child process that writes to its metadata: a second
+    process writing the very file a test process has open corrupted that process's view of it
+    ("database disk image is malformed") in full test runs. sqlite3's backup API copies what a
+    WAL holds too, where a plain file copy would miss it."""
+    import sqlite3
+
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / "airflow.db"
+    src = sqlite3.connect(ROOT / ".airflow" / "airflow.db")
+    dst = sqlite3.connect(target)
+    try:
+        src.backup(dst)
+    finally:
+        dst.close()
+        src.close()
+    return {"AIRFLOW_HOME": str(dest), "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{target}"}
+
+
 def mls_connections(mock_url: str, creds: dict[str, str]) -> dict[str, str]:
     """AIRFLOW_CONN_* values (Airflow's JSON form) for the two demo providers against a mock MLS."""
     rets = {"conn_type": "http", "host": f"{mock_url}/rets/login", "login": creds["username"],

@@ -106,13 +106,10 @@ def test_bad_query_exits_2_with_server_text(conn_env: dict[str, str]) -> None:
 def test_check_reads_the_connection_from_airflows_store(mls: Any, tmp_path: Path) -> None:
     """`airflow connections add`, then `mls-sync check`: the CLI asks Airflow when no AIRFLOW_CONN_*
     is set (docs and error texts tell users to put the connection there)."""
-    import shutil
+    from devstack import private_airflow_home
 
-    home = tmp_path / "airflow"
-    home.mkdir()
-    shutil.copy(ROOT / ".airflow" / "airflow.db", home / "airflow.db")  # migrated by `make airflow-db`
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")}
-    env.update(AIRFLOW_HOME=str(home), AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}")
+    env.update(private_airflow_home(tmp_path / "airflow"))  # a copy of the migrated metadata DB
     airflow = str(Path(sys.executable).with_name("airflow"))
     c = mls.credentials
     missing = subprocess.run([sys.executable, "-m", "mls_sync.cli", "check", "--provider", "demo_rets"],
