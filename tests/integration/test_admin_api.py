@@ -428,6 +428,14 @@ def test_a_failed_runs_cause_who_and_filters_are_shown(admin: requests.Session, 
     page = admin.get(_url(stack, "/history"), params={"provider": PROVIDER}, timeout=30).text
     assert "keys K9, K10; cities Round Rock" in page and _text_of_html(cause) in _text_of_html(page)
 
+    # and the Errors page, filtered to auth, lists the run's failure (it was empty after a 401)
+    errors = admin.get(_url(stack, "/api/errors"), params={"provider": PROVIDER, "category": "auth"},
+                       timeout=30).json()["rows"]
+    mine = [e for e in errors if e["ref"] == f"sync:{plan['sync_id']}"]
+    assert len(mine) == 1 and mine[0]["stage"] == "fetch" and "20036" in mine[0]["message"], errors
+    html = admin.get(_url(stack, "/errors"), params={"category": "auth"}, timeout=30).text
+    assert "Invalid username or password" in html
+
 
 def _text_of_html(html: str) -> str:
     """Page text without tags and with collapsed spaces, to find a sentence split by markup."""
