@@ -14,7 +14,6 @@ import logging
 import os
 import sys
 import time
-import warnings
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -44,8 +43,6 @@ def demo_mock(listings: int, photos_per_listing: int, data_dir: Path) -> Any:
 def _quiet_logs() -> None:
     """Airflow's own chatter off; the engine's progress lines (stages, pages, batches, photos) on."""
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
-    # dag.test() runs tasks through Starlette's test client, which warns about its own httpx use
-    warnings.filterwarnings("ignore", message=".*httpx.*starlette.testclient")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("airflow", "sqlalchemy", "urllib3", "botocore", "pgserver"):
         logging.getLogger(name).setLevel(logging.ERROR)
