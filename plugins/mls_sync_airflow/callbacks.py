@@ -12,24 +12,11 @@ import logging
 from typing import Any
 
 from mls_sync.config import ProviderConfig
+from mls_sync.failures import category_of
 
 from mls_sync_airflow.links import dag_url, run_url
 
 log = logging.getLogger(__name__)
-
-
-def _category(exc: BaseException | None) -> str:
-    if exc is None:
-        return "unknown"
-    cat = getattr(exc, "category", None)
-    if cat:
-        return str(cat)
-    name = type(exc).__name__.lower()
-    if "timeout" in name or "connection" in name:
-        return "network"
-    if "config" in name or "validation" in name or "runoptions" in name:
-        return "config"
-    return "internal"
 
 
 def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None = None,
@@ -42,7 +29,7 @@ def compose(cfg: ProviderConfig, *, event: str, context: dict[str, Any] | None =
     run_id = getattr(run, "run_id", None) or context.get("run_id")
     task_id = task or getattr(ti, "task_id", None)
     exc = context.get("exception")
-    category = category or _category(exc)
+    category = category or (category_of(exc) if exc is not None else "unknown")
     subject = f"[MLS sync] {cfg.name} ({cfg.provider_id}): {event}"
     lines = [
         f"Provider: {cfg.name} ({cfg.provider_id}, {cfg.protocol.upper()})",

@@ -19,7 +19,6 @@ def no_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_distributed_executor_refuses_the_local_defaults(no_settings, monkeypatch, executor) -> None:
     from mls_sync.objectstore import ObjectStoreConfigError
     from mls_sync.store.db import DatabaseConfigError
-
     from mls_sync_airflow.hooks import PropertiesStoreHook, distributed_executor, media_store
 
     monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", executor)
