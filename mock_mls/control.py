@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from itertools import takewhile
 from typing import Any
 
+from . import roster
 from .data import COLUMNS, MEDIA_INSERT, Generator, Store
 from .fields import STATUSES
 
@@ -256,8 +257,8 @@ class Counters:
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
             out: dict[str, Any] = {name: self.values.get(name, 0) for name in
-                                   ("bytes_sent", "rows_served", "photos_served", "media_rows_served",
-                                    "rate_limited", "logins", "photo_requests_with_credentials")}
+                                   ("bytes_sent", "rows_served", "roster_rows_served", "photos_served",
+                                    "media_rows_served", "rate_limited", "logins", "photo_requests_with_credentials")}
             out["requests"] = dict(self.requests)
             out["requests_total"] = sum(self.requests.values())
             out["faults_injected"] = dict(self.faults)
@@ -292,7 +293,9 @@ class RateLimiter:
 
 
 LIFECYCLE = {"ACT": "PND", "CS": "ACT", "AUC": "PND", "PND": "CLS"}  # status change: old -> new
-CHANGE_KINDS = ("price", "status", "photo", "new", "remove", "touch", "blank_modified", "backdate", "late")
+LISTING_CHANGES = ("price", "status", "photo", "new", "remove", "touch", "blank_modified", "backdate", "late")
+# and the roster's: member_new, member_change, member_remove, office_..., open_house_... (roster.py)
+CHANGE_KINDS = (*LISTING_CHANGES, *roster.CHANGE_KINDS)
 # "backdate": a price change stamped a day before the listing's own timestamp (an MLS that
 # back-dates); "late": a price change stamped LATE_HOURS before the newest change in the feed, the
 # way changes made during a feed outage arrive afterwards: both older than the watermark of a
@@ -319,7 +322,7 @@ class Mutator:
         rng = random.Random(f"{self.seed}:mutate:{self.calls}")
         now = self.clock.stamp_ms()
         conn = self.store.conn()
-        changed: dict[str, list[str]] = {kind: [] for kind in CHANGE_KINDS}
+        changed: dict[str, list[str]] = {kind: [] for kind in LISTING_CHANGES}
         with self.store.write_lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -373,11 +376,13 @@ class Mutator:
                     changed["blank_modified"].append(key)
                 for _ in range(counts.get("new", 0)):
                     changed["new"].append(self._new_listing(conn, rng, now))
+                # a stream of its own: the listings' changes stay what they were before the roster
+                roster_changes = roster.mutate(conn, random.Random(f"{self.seed}:roster:{self.calls}"), now, counts)
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
-        return {kind: sorted(keys) for kind, keys in changed.items()}
+        return {**{kind: sorted(keys) for kind, keys in changed.items()}, **roster_changes}
 
     @staticmethod
     def _set_status(conn: Any, key: str, code: str, now: int) -> None:

@@ -267,9 +267,24 @@ class Store:
             CREATE INDEX ix_media_mod ON media (MediaModificationTimestamp);
             CREATE TABLE listings_orig AS SELECT * FROM listings;
             CREATE TABLE media_orig AS SELECT * FROM media;
-            ANALYZE;
             """
         )
+        self.create_roster(generator.seed)
+
+    def create_roster(self, seed: int) -> dict[str, int]:
+        """Members, offices and open houses of the listings (see roster.py); also for a kept state
+        an older mock made without them."""
+        from . import roster
+
+        with self.write_lock:
+            made = roster.create(self.conn(), seed)
+            self.conn().execute("ANALYZE")
+        return made
+
+    def has_roster(self) -> bool:
+        from . import roster
+
+        return roster.present(self.conn())
 
     @staticmethod
     def _flush(conn: sqlite3.Connection, marks: str, batch: list[tuple[Any, ...]],
@@ -281,14 +296,15 @@ class Store:
 
     def restore(self) -> None:
         """Back to the generated state."""
+        from . import roster
+
         with self.write_lock:
             self.conn().executescript(
                 """
                 BEGIN;
                 DELETE FROM listings; INSERT INTO listings SELECT * FROM listings_orig;
                 DELETE FROM media; INSERT INTO media SELECT * FROM media_orig;
-                COMMIT;
-                """
+                """ + roster.restore_sql() + "COMMIT;"
             )
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:

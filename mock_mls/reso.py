@@ -22,6 +22,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from . import roster
 from .data import MEDIA_COLUMNS
 from .fields import FIELDS, LOOKUPS, STATUSES, Field, decode, encode
 from .httpio import Request, Response, json_response, odata_error, xml_escape
@@ -62,6 +63,15 @@ MEDIA_FIELDS: dict[str, Column] = {
     "MediaModificationTimestamp": Column("m.MediaModificationTimestamp", "datetime"),
     "MediaURL": Column("''", "string"),
 }
+
+
+def _roster_columns(res: roster.RosterResource) -> dict[str, Column]:
+    columns = {f.reso: Column(f'l."{f.reso}"', KINDS[f.data_type]) for f in res.fields}
+    columns["MlgCanView"] = Column("l.InFeed", "bool")
+    return columns
+
+
+ROSTER_COLUMNS: dict[str, dict[str, Column]] = {r.name: _roster_columns(r) for r in roster.RESOURCES}
 
 
 def iso_z(ms: int | None) -> str | None:
@@ -160,12 +170,14 @@ class Reso:
         try:
             if tail == "":
                 resp = json_response({"@odata.context": f"{req.base_url}/reso/odata/$metadata", "value": [
-                    {"name": n, "kind": "EntitySet", "url": n} for n in (sc.set_name, "Media")]})
+                    {"name": n, "kind": "EntitySet", "url": n} for n in (sc.set_name, "Media", *roster.BY_SET)]})
             elif tail == "$metadata":
                 ctype = "text/html" if sc.csdl.startswith("<html>") else "application/xml"
                 resp = Response(200, [("Content-Type", ctype)], sc.csdl.encode(), "xml")
             elif tail in (sc.set_name, "Media"):
                 resp = self._throttle() or self.collection(req, "Property" if tail == sc.set_name else "Media")
+            elif tail in roster.BY_SET:
+                resp = self._throttle() or self.collection(req, tail)
             elif tail.startswith(f"{sc.set_name}(") and tail.endswith(")"):
                 resp = self.entity(req, tail[len(sc.set_name) + 1:-1].strip("'"))
             else:
@@ -255,13 +267,17 @@ class Reso:
     def collection(self, req: Request, entity: str) -> Response:
         s = self.app.settings
         sc = self.schema
-        columns = sc.property_columns if entity == "Property" else sc.media_columns
-        source = "listings l" if entity == "Property" else MEDIA_SOURCE
+        res = roster.BY_SET.get(entity)
+        if res is not None:
+            columns, source, tiebreak = ROSTER_COLUMNS[entity], f"{res.table} l", f'l."{res.key}"'
+        else:
+            columns = sc.property_columns if entity == "Property" else sc.media_columns
+            source = "listings l" if entity == "Property" else MEDIA_SOURCE
+            tiebreak = "l.ListingKey" if entity == "Property" else "m.MediaKey"
         where, params = self._visible(), []
         if req.param("$filter"):
             sql, params = FilterTranslator(columns, version=sc.version).translate(req.param("$filter") or "")
             where += f" AND ({sql})"
-        tiebreak = "l.ListingKey" if entity == "Property" else "m.MediaKey"
         order = order_by(req.param("$orderby") or "", columns, tiebreak)
         page, skip, top, prefer = self._page(req)
         names = self._select(req, entity)
@@ -271,8 +287,11 @@ class Reso:
         count = None
         if (req.param("$count") or "").lower() == "true" and s.reso_count:
             count = self.app.store.query(f"SELECT COUNT(*) FROM {source} WHERE {where}", params).fetchone()[0]
-        select_cols = LISTING_SELECT if entity == "Property" else (
-            ", ".join(f"m.{c}" for c in MEDIA_COLUMNS) + ", l.Serial")
+        if res is not None:
+            select_cols = ", ".join(f'l."{c}"' for c in res.columns)
+        else:
+            select_cols = LISTING_SELECT if entity == "Property" else (
+                ", ".join(f"m.{c}" for c in MEDIA_COLUMNS) + ", l.Serial")
         rows = self.app.store.query(
             f"SELECT {select_cols} FROM {source} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
             [*params, page + 1, skip]).fetchall()
@@ -282,7 +301,10 @@ class Reso:
         payload: dict[str, Any] = {"@odata.context": f"{req.base_url}/reso/odata/$metadata#{set_name}"}
         if count is not None:
             payload["@odata.count"] = count
-        if entity == "Property":
+        if res is not None:
+            records = [roster_record(res, r, names) for r in rows]
+            self.app.stats.add("roster_rows_served", len(records))
+        elif entity == "Property":
             records = self._properties(req, rows, names, expand == "Media")
             self.app.stats.add("rows_served", len(records))
         else:
@@ -311,14 +333,18 @@ class Reso:
 
     def _select(self, req: Request, entity: str) -> list[str]:
         sc = self.schema
-        if entity == "Property":
+        if entity in roster.BY_SET:
+            known = [f.reso for f in roster.BY_SET[entity].fields] + ["MlgCanView"]
+            if not self.app.settings.mlg_can_view:
+                known.remove("MlgCanView")
+        elif entity == "Property":
             known = [f.reso for f in FIELDS] + (["ListingKeyNumeric"] if sc.int_key else [])
             if not self.app.settings.mlg_can_view:
                 known.remove("MlgCanView")
         else:
             known = list(sc.media_columns)
         chosen = [x.strip() for x in (req.param("$select") or "").split(",") if x.strip()]
-        bad = [c for c in chosen if c not in known and not (entity == "Property" and c == "MlgCanView")]
+        bad = [c for c in chosen if c not in known and not (entity != "Media" and c == "MlgCanView")]
         if bad:
             raise ODataError(f"Could not find a property named '{bad[0]}' on type '{entity}'")
         return [c for c in known if c in chosen] if chosen else known
@@ -352,6 +378,26 @@ class Reso:
             "ImageWidth": row[4], "ImageHeight": row[5], "MediaModificationTimestamp": iso_z(row[7]),
         }
         return {n: full[n] for n in names}
+
+
+def roster_record(res: roster.RosterResource, row: tuple[Any, ...], names: list[str]) -> dict[str, Any]:
+    """One roster row (its columns in order, InFeed last) as RESO JSON, the fields asked for."""
+    wanted = set(names)
+    out = {f.reso: iso_z(v) if f.data_type == "DateTime" else v
+           for f, v in zip(res.fields, row, strict=False) if f.reso in wanted}
+    if "MlgCanView" in wanted:
+        out["MlgCanView"] = bool(row[-1])
+    return out
+
+
+def roster_csdl(ns: str) -> tuple[str, str]:
+    """(entity types, entity sets) of the roster resources in $metadata."""
+    types = "".join(
+        f'<EntityType Name="{r.name}"><Key><PropertyRef Name="{r.key}"/></Key>'
+        + "".join(f'<Property Name="{f.reso}" Type="{EDM[KINDS[f.data_type]]}"/>' for f in r.fields)
+        + '<Property Name="MlgCanView" Type="Edm.Boolean"/></EntityType>' for r in roster.RESOURCES)
+    sets = "".join(f'<EntitySet Name="{r.name}" EntityType="{ns}.{r.name}"/>' for r in roster.RESOURCES)
+    return types, sets
 
 
 def csdl(ns: str, set_name: str, type_name: str, int_key: bool, version: str, vendor: bool,
@@ -392,6 +438,7 @@ def csdl(ns: str, set_name: str, type_name: str, int_key: bool, version: str, ve
     schema_open = (f'<Schema Namespace="{ns}">' if vendor else
                    f'<Schema xmlns="http://docs.oasis-open.org/odata/ns/edm" Namespace="{ns}">')
     services = "edmx:DataService" if vendor else "edmx:DataServices"
+    roster_types, roster_sets = roster_csdl(ns)
     return (
         '<?xml version="1.0" encoding="UTF-8"?>'
         f'<edmx:Edmx xmlns:edmx="http://docs.oasis-open.org/odata/ns/edmx" Version="{version}"><{services}>'
@@ -399,9 +446,10 @@ def csdl(ns: str, set_name: str, type_name: str, int_key: bool, version: str, ve
         f'<EntityType Name="{type_name}">{annotation}<Key><PropertyRef Name="{key}"/></Key>{"".join(props)}{odd}'
         f'<NavigationProperty Name="Media" Type="Collection({ns}.Media)"/></EntityType>'
         f'<EntityType Name="Media"><Key><PropertyRef Name="{media_key}"/></Key>{media}</EntityType>{enums}'
+        f'{roster_types}'
         f'<EntityContainer Name="Default"><EntitySet Name="{set_name}" EntityType="{ns}.{type_name}">'
         '<NavigationPropertyBinding Path="Media" Target="Media"/></EntitySet>'
-        f'<EntitySet Name="Media" EntityType="{ns}.Media"/></EntityContainer>'
+        f'<EntitySet Name="Media" EntityType="{ns}.Media"/>{roster_sets}</EntityContainer>'
         f"</Schema></{services}></edmx:Edmx>"
     )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from . import roster
 from .control import RETS_REPLY_TEXT
 from .dmql import DMQLError, Translator, fixed_zone
 from .fields import BY_SYSTEM, LOOKUPS, RETS_FIELDS, Field, decode
@@ -45,6 +46,24 @@ METADATA_TYPES = ("SYSTEM", "RESOURCE", "CLASS", "TABLE", "UPDATE", "UPDATE_TYPE
 TREE = ("SYSTEM", "RESOURCE", "CLASS", "TABLE", "OBJECT", "LOOKUP", "LOOKUP_TYPE", "FOREIGNKEYS")
 # StandardNames=1: a field answers to its RETS StandardName and to its RESO name
 BY_STANDARD: dict[str, Field] = {name: f for f in RETS_FIELDS for name in (f.reso, f.rets_standard_name)}
+
+
+@dataclass(frozen=True)
+class Searchable:
+    """What a Search of one resource reads: its table, fields by either naming, and key."""
+
+    table: str
+    fields: tuple[Field, ...]
+    by_system: dict[str, Field]
+    by_standard: dict[str, Field]
+    key: str  # RESO name of the key field (the SQLite column)
+    classes: tuple[str, ...]  # class names the Search accepts
+
+
+PROPERTY = Searchable("listings", RETS_FIELDS, BY_SYSTEM, BY_STANDARD, "ListingKey", ("RE_1", "ResidentialProperty"))
+SEARCHABLE: dict[str, Searchable] = {"Property": PROPERTY, **{
+    r.rets_resource: Searchable(r.table, r.fields, r.by_system, r.by_standard, r.key, (r.rets_class,))
+    for r in roster.RESOURCES}}
 
 
 @dataclass
@@ -219,7 +238,7 @@ class Rets:
         if kind not in METADATA_TYPES:
             return reply(20501, f"Invalid type {kind or '(none)'}")
         resource = ident.partition(":")[0]
-        if kind != "SYSTEM" and resource not in ("0", "*", "Property"):
+        if kind != "SYSTEM" and resource not in ("0", "*", *SEARCHABLE):
             return reply(20500, f"Invalid resource {resource}")
         if kind == "SYSTEM" and ident == "*" and fmt != "STANDARD-XML":
             # the whole tree in one reply, one METADATA-* block after another (what libRETS asks for)
@@ -237,8 +256,10 @@ class Rets:
 
     def _metadata_block(self, kind: str, ident: str, fmt: str) -> str | Response:
         """One type's METADATA-* element(s), or the RETS error reply for a bad ID or no metadata."""
-        _, _, rest = ident.partition(":")
+        resource, _, rest = ident.partition(":")
         attrs = {"Version": METADATA_VERSION, "Date": METADATA_DATE}
+        if kind != "SYSTEM" and resource in roster.BY_RETS:
+            return self._roster_metadata(kind, roster.BY_RETS[resource], rest, fmt)
         prop = {"Resource": "Property", **attrs}
         if kind == "SYSTEM":
             if fmt == "STANDARD-XML":
@@ -255,7 +276,9 @@ class Rets:
                 "RESOURCE", attrs, ("ResourceID", "StandardName", "VisibleName", "Description", "KeyField",
                                     "ClassCount", "ObjectVersion", "LookupVersion"),
                 [["Property", "Property", "Property", "Property listings", "LIST_1", "1", METADATA_VERSION,
-                  METADATA_VERSION]], fmt, "Resource")
+                  METADATA_VERSION]] + [
+                    [r.rets_resource, r.name, r.rets_resource, f"{r.name} roster", r.key_system, "1",
+                     METADATA_VERSION, METADATA_VERSION] for r in roster.RESOURCES], fmt, "Resource")
         if kind == "CLASS":
             return metadata_block(
                 "CLASS", prop, ("ClassName", "StandardName", "VisibleName", "Description", "TableVersion"),
@@ -285,21 +308,41 @@ class Rets:
             return metadata_block("FOREIGNKEYS", attrs, FOREIGN_KEY_COLUMNS, [], fmt, "ForeignKey")
         return reply(20503, f"No metadata of type {kind} on this server")
 
+    def _roster_metadata(self, kind: str, res: roster.RosterResource, rest: str, fmt: str) -> str | Response:
+        """A roster resource's metadata: its one class and its fields; no lookups, no objects."""
+        attrs = {"Resource": res.rets_resource, "Version": METADATA_VERSION, "Date": METADATA_DATE}
+        if kind == "CLASS":
+            return metadata_block("CLASS", attrs, ("ClassName", "StandardName", "VisibleName", "Description",
+                                                   "TableVersion"),
+                                  [[res.rets_class, res.name, res.rets_class, f"All {res.name} records",
+                                    METADATA_VERSION]], fmt, "Class")
+        if kind == "TABLE":
+            if rest not in ("", "*", "0", res.rets_class):
+                return reply(20502, f"Invalid class {rest}")
+            return metadata_block("TABLE", {**attrs, "Class": res.rets_class}, TABLE_COLUMNS,
+                                  [self._table_row(f, res.key) for f in res.fields], fmt, "Field")
+        if kind in ("LOOKUP", "LOOKUP_TYPE"):
+            columns = ("LookupName", "VisibleName", "Version", "Date") if kind == "LOOKUP" else (
+                "Value", "LongValue", "ShortValue")
+            return metadata_block(kind, attrs, columns, [], fmt, "Lookup")
+        return reply(20503, f"No metadata of type {kind} for {res.rets_resource}")
+
     @staticmethod
-    def _table_row(f: Field) -> list[str]:
+    def _table_row(f: Field, key: str = "ListingKey") -> list[str]:
         return [f.system or "", f.system or "", f.rets_standard_name, f.long_name, f.system or "",
                 f.long_name[:16], str(f.max_length), f.data_type, str(f.precision) if f.precision else "", "1",
                 f.interpretation, "Right" if f.data_type in ("Int", "Decimal") else "Left",
                 "1" if f.reso in ("ListPrice", "LivingArea") else "0", "", f.lookup or "",
-                str(len(LOOKUPS[f.lookup])) if f.multi and f.lookup else "", "", "1" if f.reso == "ListingKey" else "0",
-                "", "", "", "1" if f.reso == "ListingKey" else "0", "", "1" if f.reso == "ListingKey" else "0"]
+                str(len(LOOKUPS[f.lookup])) if f.multi and f.lookup else "", "", "1" if f.reso == key else "0",
+                "", "", "", "1" if f.reso == key else "0", "", "1" if f.reso == key else "0"]
 
     # --- Search ---------------------------------------------------------------------------------
     def search(self, req: Request) -> Response:
         s = self.app.settings
-        if (req.param("SearchType") or "Property") != "Property":
+        spec = SEARCHABLE.get(req.param("SearchType") or "Property")
+        if spec is None:
             return reply(20203, f"Unknown resource {req.param('SearchType')}")
-        if (req.param("Class") or "RE_1") not in ("RE_1", "ResidentialProperty"):
+        if (req.param("Class") or spec.classes[0]) not in spec.classes:
             return reply(20203, f"Unknown class {req.param('Class')}")
         fmt = (req.param("Format") or "COMPACT").upper()
         if fmt not in ("COMPACT", "COMPACT-DECODED"):
@@ -308,7 +351,7 @@ class Rets:
         if query_type not in ("DMQL2", "DMQL"):
             return reply(20203, f"QueryType {query_type} is not supported")
         standard = req.param("StandardNames", "0") == "1"
-        resolve = (BY_STANDARD if standard else BY_SYSTEM).get
+        resolve = (spec.by_standard if standard else spec.by_system).get
         tz = fixed_zone(s.timezone_offset)
         try:
             where, params = Translator(resolve, tz, datetime.fromtimestamp(self.app.clock.now(), tz)).translate(
@@ -316,7 +359,7 @@ class Rets:
         except DMQLError as exc:
             return reply(exc.code, str(exc))
         select = [x.strip() for x in (req.param("Select") or "").split(",") if x.strip()]
-        chosen = [resolve(name) for name in select] if select else list(RETS_FIELDS)
+        chosen = [resolve(name) for name in select] if select else list(spec.fields)
         if any(f is None for f in chosen):
             bad = [n for n, f in zip(select, chosen, strict=True) if f is None]
             return reply(20202, f"Invalid Select: unknown field(s) {', '.join(bad)}")
@@ -334,7 +377,7 @@ class Rets:
         sql_where = f"InFeed = 1 AND ({where})"
         total = None
         if count_mode in ("1", "2"):
-            total = self.app.store.query(f"SELECT COUNT(*) FROM listings WHERE {sql_where}", params).fetchone()[0]
+            total = self.app.store.query(f"SELECT COUNT(*) FROM {spec.table} WHERE {sql_where}", params).fetchone()[0]
             if total == 0:
                 return reply(20201, "No Records Found")
             if count_mode == "2":
@@ -342,17 +385,18 @@ class Rets:
         page = min(x for x in (limit, s.row_cap, 10**12) if x is not None)
         cols = ", ".join(f'"{f.reso}"' for f in fields_)
         cur = self.app.store.query(
-            f"SELECT {cols} FROM listings WHERE {sql_where} ORDER BY ListingKey LIMIT ? OFFSET ?",
+            f'SELECT {cols} FROM {spec.table} WHERE {sql_where} ORDER BY "{spec.key}" LIMIT ? OFFSET ?',
             [*params, page + 1, offset],
         )
         first = cur.fetchmany(500)
         if not first:
             return reply(20201, "No Records Found")
         names = [(f.rets_standard_name if standard else f.system) or "" for f in fields_]
-        return xml_response(self._stream(cur, first, fields_, names, fmt == "COMPACT-DECODED", page, total))
+        return xml_response(self._stream(cur, first, fields_, names, fmt == "COMPACT-DECODED", page, total,
+                                         spec.key))
 
     def _stream(self, cur: Any, first: list[tuple[Any, ...]], fields_: list[Field], names: list[str],
-                decoded: bool, page: int, total: int | None) -> Iterator[bytes]:
+                decoded: bool, page: int, total: int | None, key: str = "ListingKey") -> Iterator[bytes]:
         tz = fixed_zone(self.app.settings.timezone_offset)
         head = f"<RETS {OK}>\n"
         if total is not None:
@@ -362,7 +406,7 @@ class Rets:
         batch = first
         more = False
         keyless = set(self.app.settings.rets_keyless)
-        key_at = next((i for i, f in enumerate(fields_) if f.reso == "ListingKey"), None) if keyless else None
+        key_at = next((i for i, f in enumerate(fields_) if f.reso == key), None) if keyless else None
         while batch:
             lines = []
             for row in batch:
@@ -374,7 +418,7 @@ class Rets:
                 if key_at is not None and values[key_at] in keyless:
                     values[key_at] = ""  # a damaged record: the server sends it without its key
                 lines.append(f"<DATA>{xml_escape(compact_row(values))}</DATA>\n")
-            self.app.stats.add("rows_served", len(lines))
+            self.app.stats.add("rows_served" if key == "ListingKey" else "roster_rows_served", len(lines))
             yield "".join(lines).encode()
             if more:
                 break

@@ -87,6 +87,8 @@ class MockMLS:
         self.store = Store(folder / f"mock_mls_{self.seed}_{self.listings_count}{name}.sqlite")
         if not (self.keep_state and self.store.has_feed()):
             self.store.create(self.generator, self.listings_count, self.cluster_size)
+        elif not self.store.has_roster():
+            self.store.create_roster(self.seed)
         self.mutator = Mutator(self.store, self.generator, self.clock, self.seed, persistent=self.keep_state)
         self._httpd = _Server((self.host, self.port), _Handler)
         self._httpd.app = self
@@ -229,6 +231,15 @@ class MockMLS:
         """Keys in the feed with StandardStatus 'Active'."""
         return self._keys("InFeed = 1 AND StandardStatus = 'Active'")
 
+    def roster_keys(self, resource: str, which: str = "all") -> list[str]:
+        """Keys of a roster resource (Member, Office, OpenHouse) in the feed now, or removed ones."""
+        from . import roster
+
+        assert self.store is not None
+        res = roster.BY_SET[resource]
+        where = "InFeed = 0" if which == "removed" else "InFeed = 1"
+        return [r[0] for r in self.store.query(f'SELECT "{res.key}" FROM {res.table} WHERE {where} ORDER BY 1')]
+
     def removed_keys(self) -> list[str]:
         return self._keys("InFeed = 0")
 
@@ -361,6 +372,9 @@ class MockMLS:
             if action.startswith("listing/"):
                 found = self.listing(action.split("/", 1)[1])
                 return json_response(found) if found else odata_error(404, "no such listing")
+            if action == "roster_keys":
+                return json_response({"keys": self.roster_keys(req.param("resource") or "Member",
+                                                               req.param("which") or "all")})
             if action == "keys":
                 lists = {"all": self.all_keys, "active": self.active_keys, "removed": self.removed_keys}
                 keys = lists[req.param("which") or "all"]()
