@@ -108,6 +108,11 @@ def reconcile(plan: dict[str, Any]) -> dict[str, Any]:
 
 
 @task
+def sync_roster(plan: dict[str, Any]) -> dict[str, Any]:
+    return run.sync_roster(_provider_id(), plan)
+
+
+@task
 def media_batches(plan: dict[str, Any]) -> list[dict[str, Any]]:
     return run.media_batches(_provider_id(), plan)
 
@@ -136,11 +141,12 @@ def _sync_tasks(provider_id: str) -> None:
     f = fetch(p)
     tl = transform_load(p)
     rc = reconcile(p)
+    roster = sync_roster(p)
     batches = media_batches(p)
     m = media.partial(plan=p).expand(batch=batches)
     fin = finalize()
-    f >> tl >> rc >> batches
-    [p, f, tl, rc, batches, m] >> fin
+    f >> tl >> rc >> [batches, roster]  # the roster beside the photos, in the provider's pool
+    [p, f, tl, rc, roster, batches, m] >> fin
     announce.override(outlets=[properties_asset(provider_id)])(fin)
 
 

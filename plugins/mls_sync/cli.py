@@ -277,8 +277,10 @@ def cmd_sync(args: argparse.Namespace, source: Source) -> int:
     try:
         with lease.keep_alive(engine, ctx.t, plan["sync_id"]):
             try:
+                from mls_sync.roster import sync_roster
+
                 for name, stage in (("fetch", sync.fetch), ("transform_load", sync.transform_load),
-                                    ("reconcile", sync.reconcile), ("media", _photos)):
+                                    ("reconcile", sync.reconcile), ("sync_roster", sync_roster), ("media", _photos)):
                     if name == "media" and not plan["include_photos"]:
                         continue
                     try:

@@ -52,3 +52,21 @@ STANDARD_STATUSES: tuple[str, ...] = (
     "Expired", "Hold", "Incomplete", "Pending", "Withdrawn",
 )
 ACTIVE_STATUSES: frozenset[str] = frozenset({"Active", "ActiveUnderContract", "ComingSoon", "Pending"})
+
+
+# The roster tables (migration 008) and the columns a provider's `resources:` may fill, per resource:
+# column -> kind, the key column first. Every table also has provider_id, raw, row_hash,
+# deleted_at, first/last_sync_id and updated_at, which the engine writes itself.
+ROSTER_TABLES: dict[str, str] = {"member": "members", "office": "offices", "open_house": "open_houses"}
+ROSTER_COLUMNS: dict[str, dict[str, str]] = {
+    "member": {"member_key": "string", "member_mls_id": "string", "first_name": "string", "last_name": "string",
+               "full_name": "string", "email": "string", "phone": "string", "status": "string",
+               "office_key": "string", "office_mls_id": "string", "mls_modified_at": "timestamp"},
+    "office": {"office_key": "string", "office_mls_id": "string", "name": "string", "phone": "string",
+               "email": "string", "address": "string", "city": "string", "state": "string",
+               "postal_code": "string", "status": "string", "mls_modified_at": "timestamp"},
+    "open_house": {"open_house_key": "string", "open_house_id": "string", "listing_key": "string",
+                   "listing_id": "string", "date": "date", "start_at": "timestamp", "end_at": "timestamp",
+                   "status": "string", "type": "string", "remarks": "html", "showing_agent_mls_id": "string",
+                   "mls_modified_at": "timestamp"},
+}

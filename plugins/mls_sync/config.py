@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from mls_sync.columns import MAPPABLE_COLUMNS, STANDARD_STATUSES
+from mls_sync.columns import MAPPABLE_COLUMNS, ROSTER_COLUMNS, STANDARD_STATUSES
 from mls_sync.limits import Budget
 from mls_sync.sources.base import SourceFields
 
@@ -55,12 +55,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
 
-class FieldTarget(_Strict):
+class _Target(_Strict):
     column: str
     type: Literal[NORMALIZERS] = "string"  # type: ignore[valid-type]
     required: bool = False
     lookup: dict[str, str] | None = None  # code -> label, for type: lookup (overrides metadata)
     separator: str = ","  # for type: list
+
+
+class RosterField(_Target):
+    """A roster resource's field target; its column is checked against that resource's table."""
+
+
+class FieldTarget(_Target):
+    """A listing field's target: a column of `properties`."""
 
     @field_validator("column")
     @classmethod
@@ -212,6 +220,78 @@ class Alerts(_Strict):
     stale_after_hours: int = Field(24, ge=1)
 
 
+# Where each roster resource lives when the YAML does not say: the RETS resource and class most
+# servers use, the RESO Data Dictionary resource
+ROSTER_DEFAULTS: dict[str, tuple[str, str, str]] = {
+    "member": ("Agent", "Agent", "Member"), "office": ("Office", "Office", "Office"),
+    "open_house": ("OpenHouse", "OpenHouse", "OpenHouse")}
+
+
+class RosterRets(_Strict):
+    resource: str
+    class_: str = Field(alias="class")
+
+
+class RosterReso(_Strict):
+    resource: str  # found in $metadata like reso.resource
+
+
+class RosterRoles(_Strict):
+    key: str  # the server's name of the resource's key (MemberKey / AG_KEY)
+    modified: str  # its modification timestamp (ModificationTimestamp / AG_MODIFIED)
+
+
+class RosterResource(_Strict):
+    """One more resource to sync beside the listings (members, offices, open houses), into its own
+    table with its own watermark; the provider's connection, limits and paging settings apply."""
+
+    rets: RosterRets | None = None
+    reso: RosterReso | None = None
+    source_fields: RosterRoles
+    fields: dict[str, RosterField | list[RosterField]]
+
+    def field_items(self) -> list[tuple[str, RosterField]]:
+        """(MLS field, target) pairs in YAML order."""
+        out: list[tuple[str, RosterField]] = []
+        for name, t in self.fields.items():
+            out.extend((name, x) for x in (t if isinstance(t, list) else [t]))
+        return out
+
+    def roles(self) -> SourceFields:
+        return SourceFields(key=self.source_fields.key, modified=self.source_fields.modified)
+
+    def select_fields(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([n for n, _ in self.field_items()] + [self.source_fields.key,
+                                                                          self.source_fields.modified]))
+
+    def check_columns(self, kind: str) -> None:
+        allowed = ROSTER_COLUMNS[kind]
+        columns = [t.column for _, t in self.field_items()]
+        unknown = sorted(set(columns) - set(allowed))
+        if unknown:
+            raise ValueError(f"resources.{kind}.fields: unknown column(s) {unknown}; columns of this resource: "
+                             f"{', '.join(allowed)}")
+        key = next(iter(allowed))
+        for needed in (key, "mls_modified_at"):
+            if needed not in columns:
+                raise ValueError(f"resources.{kind}.fields must map some MLS field to column {needed}")
+        dupes = sorted({c for c in columns if columns.count(c) > 1})
+        if dupes:
+            raise ValueError(f"resources.{kind}.fields map more than one MLS field to {dupes}; keep one")
+
+    def rets_names(self, kind: str) -> tuple[str, str]:
+        """(RETS resource, class) of this resource."""
+        if self.rets:
+            return self.rets.resource, self.rets.class_
+        return ROSTER_DEFAULTS[kind][0], ROSTER_DEFAULTS[kind][1]
+
+    def reso_name(self, kind: str) -> str:
+        return self.reso.resource if self.reso else ROSTER_DEFAULTS[kind][2]
+
+
+RosterKind = Literal["member", "office", "open_house"]
+
+
 class ProviderConfig(_Strict):
     provider_id: Annotated[str, Field(pattern=_ID)]
     name: str
@@ -237,6 +317,8 @@ class ProviderConfig(_Strict):
     media: Media = Field(default_factory=Media)
     alerts: Alerts = Field(default_factory=Alerts)
     storage: dict[str, Any] = Field(default_factory=dict)  # object store settings; empty = environment
+    # the roster and open houses, each synced into its own table (none: listings only)
+    resources: dict[RosterKind, RosterResource] = Field(default_factory=dict)
 
     @field_validator("schedule")
     @classmethod
@@ -279,6 +361,8 @@ class ProviderConfig(_Strict):
         for s in self.full_sync_statuses:
             if s not in STANDARD_STATUSES:
                 raise ValueError(f"full_sync_statuses: {s!r} is not a RESO StandardStatus")
+        for kind, res in self.resources.items():
+            res.check_columns(kind)
         return self
 
     def targets(self) -> list[FieldTarget]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import html
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from mls_sync.columns import ACTIVE_STATUSES, STANDARD_STATUSES
-from mls_sync.config import FieldTarget, ProviderConfig
+from mls_sync.config import FieldTarget, ProviderConfig, RosterField
 
 _TAG = re.compile(r"<[^>]+>")
 _BREAK = re.compile(r"(?i)<\s*br\s*/?>|</p\s*>")
@@ -283,7 +283,9 @@ class _Memo:
 class Mapper:
     """Maps records of one provider; build once per task, it caches the field plan."""
 
-    def __init__(self, provider: ProviderConfig, time_zone: tzinfo | None = None) -> None:
+    def __init__(self, provider: ProviderConfig, time_zone: tzinfo | None = None,
+                 items: Sequence[tuple[str, FieldTarget | RosterField]] | None = None) -> None:
+        """`items`: (MLS field, target) pairs to map instead of the listing fields (a roster resource's)."""
         self.provider = provider
         self.time_zone = parse_time_zone(provider.timestamp_time_zone) or time_zone
         # the zone's one offset from UTC, when it has only one (None for zones with DST rules)
@@ -293,7 +295,8 @@ class Mapper:
         # The plan, in YAML order: (field, column, normalizer or None for plain strings, target,
         # required, memo), a memo (see _Memo) for types whose values repeat across listings.
         self._steps = [(name, t.column, None if t.type == "string" else NORMALIZERS[t.type], t, t.required,
-                        _Memo() if t.type in _MEMO_TYPES else None) for name, t in provider.field_items()]
+                        _Memo() if t.type in _MEMO_TYPES else None)
+                       for name, t in (provider.field_items() if items is None else items)]
         # What map() walks: plain string fields, most of a feed's, in a short loop of their own (a
         # text value only needs stripping, and n_string never fails); the typed ones in the general
         # loop, which drops a memo that does not pay (`_drop_memo`).

@@ -20,7 +20,8 @@ from mls_sync_airflow.hooks import MlsHook, PropertiesStoreHook
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-SYNC_TASKS = ("plan", "fetch", "transform_load", "reconcile", "media_batches", "media", "finalize", "announce")
+SYNC_TASKS = ("plan", "fetch", "transform_load", "reconcile", "sync_roster", "media_batches", "media", "finalize",
+              "announce")
 
 
 @cache
@@ -92,6 +93,18 @@ def transform_load(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
 
 def reconcile(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
     return guarded(lambda: sync.reconcile(context(provider_id), plan))
+
+
+def sync_roster(provider_id: str, plan: dict[str, Any]) -> dict[str, Any]:
+    """Members, offices and open houses, when the YAML names them; skipped at once otherwise."""
+    if not provider(provider_id).resources:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        raise AirflowSkipException(f"{provider_id}: the provider YAML names no resources (members, offices, "
+                                   "open houses) to sync")
+    from mls_sync.roster import sync_roster as run_roster
+
+    return guarded(lambda: run_roster(context(provider_id), plan))
 
 
 def task_label(key: str, task_ids: tuple[str, ...] = SYNC_TASKS) -> str:

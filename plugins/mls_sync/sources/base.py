@@ -187,6 +187,12 @@ class Source(abc.ABC):
     def photos(self, listing_keys: Sequence[str]) -> Iterator[PhotoObject]:
         """Every current photo of these listings, one object at a time."""
 
+    def for_resource(self, resource: str, class_: str | None, fields: SourceFields) -> Source:
+        """This conversation (login, session, request budget and counts) over another resource of
+        the same MLS: RETS `resource`/`class_`, RESO resource `resource`, keyed and stamped by
+        `fields`. Closing the view closes nothing; the source it came from is closed as usual."""
+        raise NotImplementedError(f"{type(self).__name__} reads only one resource")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Log out / release connections. Must never raise."""
 

@@ -21,7 +21,8 @@ from mls_sync.store.tables import Tables
 
 ERROR_STATES = ("retrying", "dead_letter", "resolved")
 CONFLICT_STATES = ("open", "resolved")
-STAGE_ORDER = ("plan", "fetch", "transform_load", "reconcile", "media", "finalize")
+STAGE_ORDER = ("plan", "fetch", "transform_load", "reconcile", "sync_roster", "media", "finalize")
+ROSTER_COUNTS = ("fetched", "added", "updated", "unchanged", "deleted", "failed")
 MAX_PER_PAGE = 200
 PAYLOAD_PREVIEW = 2000
 
@@ -54,6 +55,14 @@ def run_counts(run: dict[str, Any]) -> dict[str, int]:
 
 FILTER_LABELS = (("listing_keys", "keys"), ("postal_codes", "postal codes"), ("cities", "cities"),
                  ("modified_since", "modified since"))
+
+
+def roster_counts(run: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """What the run did to each roster resource (report.roster): fetched, added, updated, unchanged,
+    deleted, failed; empty when it synced none (the YAML names none, a dry or partial run)."""
+    roster = (run.get("report") or {}).get("roster") or {}
+    return {kind: {k: int(v.get(k) or 0) for k in ROSTER_COUNTS} for kind, v in roster.items()
+            if isinstance(v, dict)}
 
 
 def run_filters(conf: dict[str, Any] | None) -> str | None:
@@ -151,6 +160,7 @@ def history_page(conn: Connection, t: Tables, provider_ids: Sequence[str] | None
     out = _paged(conn, q.order_by(h.c.started_at.desc(), h.c.id.desc()), page, per_page)
     for r in out["rows"]:
         r["counts"] = run_counts(r)
+        r["roster"] = roster_counts(r)
         _with_who_and_why(r, r)
         del r["report"]  # previews and notes: the run page shows them
     return out
@@ -173,6 +183,7 @@ def run_detail(conn: Connection, t: Tables, run_id: int,
         return None
     run = dict(row)
     run["counts"] = run_counts(run)
+    run["roster"] = roster_counts(run)
     run["timings"] = stage_timings(run)
     _with_who_and_why(run, run)
     errs = conn.execute(sa.select(e).where(e.c.sync_id == run_id, e.c.provider_id == run["provider_id"])

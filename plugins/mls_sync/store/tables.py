@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 
 TABLES = ("properties", "property_media", "property_status_history", "property_conflicts",
           "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync",
-          "mls_metadata_cache", "mls_sync_leases", "mls_reconcile_keys")
+          "mls_metadata_cache", "mls_sync_leases", "mls_reconcile_keys", "members", "offices", "open_houses",
+          "mls_resource_sync")
 
 
 class Tables:
@@ -35,6 +36,10 @@ class Tables:
     mls_metadata_cache: sa.Table
     mls_reconcile_keys: sa.Table
     mls_sync_leases: sa.Table
+    members: sa.Table
+    offices: sa.Table
+    open_houses: sa.Table
+    mls_resource_sync: sa.Table
 
 
 @cache

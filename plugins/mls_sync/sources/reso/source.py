@@ -9,6 +9,7 @@ OData version (4.0: `or` chains instead of `in`).
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import time
@@ -27,6 +28,7 @@ from mls_sync.sources.base import (
     SearchCriteria,
     ServerError,
     Source,
+    SourceFields,
 )
 from mls_sync.sources.reso import odata
 from mls_sync.sources.reso.http import ODataClient, TokenSource
@@ -86,6 +88,18 @@ class ResoSource(Source):
         self._resources: dict[str, Resource] = {}
         self._dialects: dict[str, odata.Dialect] = {}
         self._use_in: bool | None = None
+        self._borrowed = False  # a view of another source's client (for_resource): close() leaves it
+
+    def for_resource(self, resource: str, class_: str | None, fields: SourceFields) -> ResoSource:
+        """Replication of another resource (Member, Office, OpenHouse) through this client: one
+        token, one rate limiter, one request count; $metadata read once serves both."""
+        if self.settings.use_metadata:
+            self.model()  # read now, so the view shares it rather than reading it again
+        view = copy.copy(self)  # shares the client, the model and the per-resource caches
+        view.settings = self.settings.model_copy(update={"resource": resource})
+        view.roles = fields
+        view._borrowed = True
+        return view
 
     @classmethod
     def from_config(cls, provider: ProviderConfig, conn: Connection, limiter: RateLimiter) -> ResoSource:
@@ -485,4 +499,5 @@ class ResoSource(Source):
         return out
 
     def close(self) -> None:
-        self.client.close()
+        if not self._borrowed:
+            self.client.close()

@@ -67,6 +67,19 @@ class RetsSource(Source):
         self._lookups: Lookups | None = None
         self._zone: tzinfo | None = None
         self._offset_ok: dict[str, bool | None] = {"ok": None}
+        self._borrowed = False  # a view of another source's session (for_resource): close() leaves it
+
+    def for_resource(self, resource: str, class_: str | None, fields: SourceFields) -> RetsSource:
+        """A Search of another resource and class in this session: one login, one rate limiter,
+        one request count; metadata read once is shared (SYSTEM's time zone above all)."""
+        settings = self.settings.model_copy(update={"resource": resource, "class_": class_ or resource})
+        view = RetsSource(self.session, settings, fields, provider_id=self.provider_id,
+                          keys_per_query=self.keys_per_query)
+        view.metadata_cache = self.metadata_cache
+        view._metadata = self._metadata  # keyed by type and resource:class, so one dict serves both
+        view._zone = self._zone
+        view._borrowed = True
+        return view
 
     @classmethod
     def from_config(cls, provider: ProviderConfig, conn: Connection, limiter: RateLimiter | None = None,
@@ -389,4 +402,5 @@ class RetsSource(Source):
             photo.data = None
 
     def close(self) -> None:
-        self.session.logout()
+        if not self._borrowed:
+            self.session.logout()

@@ -1,0 +1,196 @@
+"""The roster stage: members, offices and open houses, beside the listings.
+
+For every resource the provider YAML names (`resources:`), through the same source as the
+listings (a view of its session: one login, one rate budget, one request count):
+
+1. walk the resource from its own watermark (everything on a full run or the first time), page by
+   page; each page is mapped and upserted in one transaction with the walk's checkpoint, so a
+   retried task resumes after the last committed page and writes nothing twice;
+2. on a full or reconciling run, walk its keys and modification times, fetch by key what is
+   missing here or held with another time, and soft-delete what the MLS no longer lists;
+3. move the resource's watermark past what was stored, only once the writes committed.
+
+What each resource fetched, wrote and deleted is the run's `report.roster`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, tzinfo
+from typing import Any
+
+from mls_sync.config import RosterResource
+from mls_sync.mapping import Mapper, parse_time_zone
+from mls_sync.sources.base import SearchCriteria, Source
+from mls_sync.store import errors as err_store
+from mls_sync.store import raw as raw_store
+from mls_sync.store import roster as roster_store
+from mls_sync.store import runs
+from mls_sync.store.db import commit_without_flush
+from mls_sync.sync import (
+    RequestMeter,
+    SyncContext,
+    _dt,
+    _key_of,
+    _source_time_zone,
+    _stage,
+    counted_requests,
+    pages_for_keys,
+    progress,
+)
+
+log = logging.getLogger(__name__)
+STAGE = "sync_roster"
+COUNTS = ("fetched", "added", "updated", "unchanged", "deleted", "failed")
+
+
+def sync_roster(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
+    """Sync every resource the YAML names; returns the counts per resource (or why it skipped)."""
+    p = ctx.provider
+    if not p.resources:
+        return {"skipped": "the provider YAML names no resources"}
+    if plan.get("dry_run") or plan["mode"] == "partial":
+        return {"skipped": f"{'a dry run' if plan.get('dry_run') else 'a partial run'}: the roster syncs on "
+                           "full, incremental and reconciling runs"}
+    report: dict[str, Any] = {}
+    with _stage(ctx, plan, STAGE) as extra, ctx.source() as source, counted_requests(ctx, plan, source) as meter:
+        zone = parse_time_zone(_source_time_zone(source))
+        for kind, res in p.resources.items():
+            extra["request"] = {"resource": kind, "search": "changes since its watermark"}
+            report[kind] = ResourceSync(ctx, plan, source, kind, res, zone, meter).run(extra)
+        extra["roster"] = report
+    log.info("%s: sync %s: %s", STAGE, plan["sync_id"], report)
+    return report
+
+
+@dataclass
+class ResourceSync:
+    """One resource's walk, reconciliation and watermark within one run."""
+
+    ctx: SyncContext
+    plan: dict[str, Any]
+    source: Source
+    kind: str
+    res: RosterResource
+    zone: tzinfo | None
+    meter: RequestMeter
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
+    max_modified: datetime | None = None
+
+    def __post_init__(self) -> None:
+        names = self.res.rets_names(self.kind) if self.ctx.provider.protocol == "rets" else (
+            self.res.reso_name(self.kind), None)
+        self.view = self.source.for_resource(names[0], names[1], self.res.roles())
+        self.mapper = Mapper(self.ctx.provider, time_zone=self.zone, items=self.res.field_items())
+        self.key_field = self.res.source_fields.key
+
+    @property
+    def sid(self) -> int:
+        return int(self.plan["sync_id"])
+
+    def run(self, extra: dict[str, Any]) -> dict[str, Any]:
+        p, t = self.ctx.provider, self.ctx.t
+        with self.ctx.db.begin() as c:
+            st = roster_store.state(c, t, p.provider_id, self.kind)
+        mine = st["run_state"] if st["run_sync_id"] == self.sid else {}
+        if mine.get("done"):
+            return dict(mine.get("counts") or {})
+        self.counts.update(mine.get("counts") or {})
+        self.max_modified = _dt(mine.get("max_modified"))
+        watermark = st["watermark"]
+        full = self.plan["mode"] == "full" or watermark is None
+        since = None if full else watermark - timedelta(minutes=p.overlap_minutes)
+        out: dict[str, Any] = {}
+        if not mine.get("walked"):
+            select = self.res.select_fields() if p.protocol == "reso" and p.reso and p.reso.select_from_mapping else ()
+            extra["request"] = {"resource": self.kind, "modified_since": since.isoformat() if since else None,
+                                "resume_from": mine.get("cursor")}
+            for page in self.view.pages(SearchCriteria(modified_since=since, select=select),
+                                        resume_from=mine.get("cursor")):
+                self.write(page.records, {"cursor": page.cursor})
+            self.write([], {"walked": True})
+        reconciled = self.plan["mode"] in ("full", "reconcile")
+        if reconciled:
+            extra["request"] = {"resource": self.kind, "search": "keys and modification times"}
+            out["reconcile"] = self.reconcile()
+        with self.ctx.db.begin() as c:
+            out.update(self.counts, mode="full" if full else "incremental", since=since.isoformat() if since else None,
+                       store_count=roster_store.count_live(c, t, p.provider_id, self.kind))
+            roster_store.finish(c, t, p.provider_id, self.kind, self.sid, self.max_modified, out, reconciled)
+        log.info("%s: %s %s", STAGE, self.kind, out)
+        return out
+
+    def write(self, records: list[dict[str, Any]], state: dict[str, Any]) -> None:
+        """Map and write one page, with its checkpoint, in one transaction."""
+        p, t = self.ctx.provider, self.ctx.t
+        rows, removals, rejected, keyless = [], [], [], 0
+        for rec in records:
+            key = _key_of(self.key_field, rec)
+            if key is None:
+                keyless += 1
+                rejected.append((f"keyless:{self.sid}", f"a {self.kind} record without {self.key_field}", rec))
+                continue
+            if raw_store.is_deleted(rec):
+                removals.append(key)
+                continue
+            m = self.mapper.map(rec)
+            if m.row is None:
+                rejected.append((key, m.rejected or "rejected", rec))
+                continue
+            rows.append((m.row, m.row_hash or "", rec))
+            mod = m.row.get("mls_modified_at")
+            if mod and (self.max_modified is None or mod > self.max_modified):
+                self.max_modified = mod
+        with self.ctx.db.begin() as c:
+            commit_without_flush(c)
+            written = roster_store.upsert(c, t, p.provider_id, self.kind, rows, self.sid)
+            deleted = roster_store.mark_deleted(c, t, p.provider_id, self.kind, removals, self.sid)
+            for key, reason, rec in rejected:
+                err_store.record_error(c, t, provider_id=p.provider_id, stage=STAGE, category="data",
+                                       ref=f"{self.kind}:{key}", message=f"{self.kind} {key}: {reason}",
+                                       payload=rec, sync_id=self.sid, max_attempts=1)
+            if rows:
+                err_store.resolve(c, t, p.provider_id, STAGE,
+                                  [f"{self.kind}:{r[roster_store.key_column(self.kind)]}" for r, _, _ in rows])
+            for k, v in (("fetched", len(records)), ("deleted", deleted), ("failed", len(rejected)),
+                         *written.items()):
+                self.counts[k] += v
+            checkpoint = {**state, "counts": self.counts,
+                          "max_modified": self.max_modified.isoformat() if self.max_modified else None}
+            roster_store.checkpoint(c, t, p.provider_id, self.kind, self.sid, checkpoint)
+            runs.add_counts(c, t, self.sid, {"requests": self.meter.take()})
+            progress(c, self.ctx, self.plan, STAGE, {"resource": self.kind, "records": self.counts["fetched"]})
+        if keyless:
+            log.warning("%s: %d %s record(s) without %s (rejected)", STAGE, keyless, self.kind, self.key_field)
+
+    def reconcile(self) -> dict[str, int]:
+        """The MLS's keys and times against the table: fetch what is missing or stale, delete what is gone."""
+        p, t = self.ctx.provider, self.ctx.t
+        roles = self.res.roles()
+        modified_of = self.mapper.column_reader("mls_modified_at")
+        listed: dict[str, Any] = {}
+        for page in self.view.pages(SearchCriteria(select=(roles.key, roles.modified))):
+            for rec in page.records:
+                key = _key_of(roles.key, rec)
+                if key and not raw_store.is_deleted(rec):
+                    listed[key] = modified_of(rec)
+        with self.ctx.db.connect() as c:
+            held = roster_store.live(c, t, p.provider_id, self.kind)
+        missing = sorted(k for k in listed if k not in held)
+        stale = sorted(k for k in listed if k in held and held[k] != listed[k])
+        gone = sorted(k for k in held if k not in listed)
+        self._refetch(missing + stale)
+        with self.ctx.db.begin() as c:
+            deleted = roster_store.mark_deleted(c, t, p.provider_id, self.kind, gone, self.sid)
+            runs.add_counts(c, t, self.sid, {"requests": self.meter.take()})
+        self.counts["deleted"] += deleted
+        return {"mls_count": len(listed), "store_count_before": len(held), "missing": len(missing),
+                "stale": len(stale), "gone": len(gone)}
+
+    def _refetch(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for page in pages_for_keys(self.view, keys):
+            self.write(page.records, {"walked": True})
+
