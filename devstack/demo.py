@@ -98,6 +98,30 @@ def _totals(provider_id: str) -> dict[str, int]:
             " FROM properties WHERE provider_id = :p"), {"p": provider_id}).mappings().one())
 
 
+ROSTER = (("member", "members", "Member"), ("office", "offices", "Office"), ("open_house", "open_houses", "OpenHouse"))
+
+
+def _roster_lines(provider_id: str, run: dict[str, Any], mock_url: str) -> list[str]:
+    """Per roster resource: what the run did, what the store holds, and whether that is the mock's set."""
+    import sqlalchemy as sa
+    from mls_sync.store.db import get_engine
+
+    report = (run.get("report") or {}).get("roster") or {}
+    out = []
+    with get_engine().connect() as c:
+        for kind, table, resource in ROSTER:
+            if kind not in report:
+                continue
+            r = report[kind]
+            held = c.execute(sa.text(f"SELECT count(*) FROM {table} WHERE provider_id = :p AND deleted_at IS NULL"),
+                             {"p": provider_id}).scalar_one()
+            served = len(control(mock_url, f"roster_keys?resource={resource}")["keys"])
+            out.append(f"{table}: fetched {r.get('fetched', 0)}, added {r.get('added', 0)}, updated "
+                       f"{r.get('updated', 0)}, deleted {r.get('deleted', 0)}; the store holds {held}, the mock "
+                       f"serves {served}{' (they match)' if held == served else ''}")
+    return out
+
+
 def _explain(provider_id: str, run: dict[str, Any], mock_url: str, changed: dict[str, list[str]]) -> list[str]:
     """Why the run's numbers differ from what the mock says it generated or changed."""
     import sqlalchemy as sa
@@ -164,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         if rerun:
             n = args.changes
             changed = control(mock["url"], "mutate", price=n, status=n, photo=max(1, n // 2), new=n,
-                              remove=max(1, n // 5))
+                              remove=max(1, n // 5), member_new=max(1, n // 5), member_change=max(1, n // 5),
+                              office_change=1, open_house_new=max(1, n // 5), open_house_remove=1)
             print("mock MLS changes since last demo: " + ", ".join(f"{k} {len(v)}" for k, v in changed.items()))
         from airflow.dag_processing.dagbag import DagBag
         from mls_sync.config import sync_dag_id
@@ -199,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"failed {h.get('photos_failed')}, {h.get('photo_bytes', 0) / 1e6:.1f} MB downloaded")
             print(f"   store now holds {totals['listings']} listings ({totals['active']} active), "
                   f"{totals['photos']} photos")
+            for line in _roster_lines(pid, h, mock["url"]):
+                print(f"   {line}")
             for line in _explain(pid, h, mock["url"], changed):
                 print(f"   {line}")
             if h.get("error_summary"):

@@ -32,18 +32,31 @@ def _demo(data_dir, *args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+def _roster_lines(stdout: str) -> list[str]:
+    return [line.strip() for line in stdout.splitlines()
+            if line.strip().startswith(("members:", "offices:", "open_houses:"))]
+
+
 def test_demo_runs_twice_and_leaves_no_process(tmp_path) -> None:
-    first = _demo(tmp_path, "--providers", "demo_rets")
+    first = _demo(tmp_path, "--providers", "demo_rets", "demo_reso")
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
-    assert "demo_rets: full sync success" in first.stdout
+    assert "demo_rets: full sync success" in first.stdout and "demo_reso: full sync success" in first.stdout
     assert "photos added" in first.stdout and "embedded PostgreSQL" in first.stdout
+    # both providers bring the roster and open houses, all of them
+    roster = _roster_lines(first.stdout)
+    assert len(roster) == 6 and all("(they match)" in line and "added 0," not in line for line in roster), roster
     assert not _leftovers(str(tmp_path)), _leftovers(str(tmp_path))
 
-    second = _demo(tmp_path, "--providers", "demo_rets")
+    second = _demo(tmp_path, "--providers", "demo_rets", "demo_reso")
     assert second.returncode == 0, second.stdout[-2000:] + second.stderr[-3000:]
-    assert "mock MLS changes since last demo" in second.stdout
-    assert "demo_rets: reconcile sync success" in second.stdout
+    assert "mock MLS changes since last demo" in second.stdout and "member_new 2" in second.stdout
+    assert "demo_rets: reconcile sync success" in second.stdout and "demo_reso: reconcile sync success" in second.stdout
     assert "reconciled with the MLS's keys" in second.stdout and "(they match)" in second.stdout
+    # the re-run brings the new members and open houses and deletes the removed open house
+    roster = _roster_lines(second.stdout)
+    assert len(roster) == 6 and all("(they match)" in line for line in roster), roster
+    assert all("added 2," in line for line in roster if line.startswith(("members:", "open_houses:"))), roster
+    assert all("deleted 1;" in line for line in roster if line.startswith("open_houses:")), roster
     assert not _leftovers(str(tmp_path)), _leftovers(str(tmp_path))
     assert any((tmp_path / "media").rglob("*.webp"))
 

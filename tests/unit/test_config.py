@@ -160,3 +160,51 @@ def test_storage_typo_fails_the_yaml_not_the_photos_later(tmp_path: Path, storag
     assert "stored.yaml" in msg and "storage" in msg and says in msg
     data["storage"] = {"backend": "s3", "bucket": "photos", "aws_conn_id": "aws_default"}
     assert load_provider(_write(tmp_path, "stored", data)).storage["bucket"] == "photos"
+
+
+def _roster(data: dict, **member: object) -> dict:
+    data = dict(data)
+    data["resources"] = {"member": {"source_fields": {"key": "AG_KEY", "modified": "AG_MODIFIED"},
+                                    "fields": {"AG_KEY": {"column": "member_key", "required": True},
+                                               "AG_MODIFIED": {"column": "mls_modified_at", "type": "timestamp"}},
+                                    **member}}
+    return data
+
+
+def test_shipped_providers_name_the_roster() -> None:
+    for name in ("demo_rets", "demo_reso"):
+        cfg = find_provider(name, MAPPINGS)
+        assert set(cfg.resources) == {"member", "office", "open_house"}
+    rets = find_provider("demo_rets", MAPPINGS).resources["open_house"]
+    assert rets.rets_names("open_house") == ("OpenHouse", "OpenHouse") and rets.roles().key == "OH_KEY"
+    assert find_provider("demo_reso", MAPPINGS).resources["member"].reso_name("member") == "Member"
+
+
+def test_roster_resource_defaults_to_the_usual_names(tmp_path: Path) -> None:
+    data = _roster(_demo())
+    data["provider_id"] = "roster_ok"
+    cfg = load_provider(_write(tmp_path, "roster_ok", data))
+    assert cfg.resources["member"].rets_names("member") == ("Agent", "Agent")
+    assert cfg.resources["member"].reso_name("member") == "Member"
+
+
+def test_roster_mistakes_name_the_key_path(tmp_path: Path) -> None:
+    cases = {
+        "unknown_kind": (lambda d: {**d, "resources": {"agents": d["resources"]["member"]}},
+                         ["resources.agents", "member", "open_house"]),
+        "unknown_col": (lambda d: _roster(d, fields={"AG_KEY": {"column": "member_key"},
+                                                     "AG_MODIFIED": {"column": "mls_modified_at"},
+                                                     "AG_X": {"column": "listing_price"}}),
+                        ["resources.member.fields", "unknown column(s) ['listing_price']", "full_name"]),
+        "no_key": (lambda d: _roster(d, fields={"AG_MODIFIED": {"column": "mls_modified_at"}}),
+                   ["resources.member.fields must map some MLS field to column member_key"]),
+        "typo": (lambda d: _roster(d, source_field={"key": "AG_KEY"}),
+                 ["resources.member.source_field", "unknown key"]),
+    }
+    for name, (change, expected) in cases.items():
+        data = change(_roster(_demo()))
+        data["provider_id"] = name
+        with pytest.raises(ConfigError) as exc:
+            load_provider(_write(tmp_path, name, data))
+        for text in expected:
+            assert text in str(exc.value), (name, str(exc.value))

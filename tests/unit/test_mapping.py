@@ -218,3 +218,22 @@ def test_column_reader_reads_what_map_columns_maps() -> None:
         assert read(rec) == mapper.map_columns(rec, {"mls_modified_at"}).get("mls_modified_at"), value
     assert read({"LIST_87": "2025-09-25T12:00:00"}).isoformat() == "2025-09-25T17:00:00+00:00"
     assert mapper.column_reader("no_such_column")({"LIST_87": "x"}) is None
+
+
+def test_roster_records_map_through_their_own_fields() -> None:
+    """A RETS open house: server-local times to UTC, its remarks cleaned like listings', keyed and hashed."""
+    cfg = find_provider("demo_rets", MAPPINGS)
+    res = cfg.resources["open_house"]
+    mapper = Mapper(cfg, time_zone=parse_time_zone("-05:00"), items=res.field_items())
+    rec = {"OH_KEY": "OH0000001", "OH_LIST_KEY": "L1", "OH_DATE": "2025-10-09", "OH_START": "2025-10-09T10:00:00",
+           "OH_END": "2025-10-09T12:00:00", "OH_REMARKS": "Park <b>on the street</b> &amp; ring",
+           "OH_MODIFIED": "2025-09-01T08:30:00", "LIST_22": "999"}
+    m = mapper.map(rec)
+    assert m.row is not None and m.row["open_house_key"] == "OH0000001"
+    assert m.row["start_at"] == datetime(2025, 10, 9, 15, 0, tzinfo=UTC)
+    assert m.row["date"] == date(2025, 10, 9) and m.row["remarks"] == "Park on the street & ring"
+    assert "price" not in m.row  # only the resource's own columns
+    assert mapper.map({**rec, "OH_TYPE": None}).row_hash == m.row_hash
+    assert mapper.map({**rec, "OH_REMARKS": "changed"}).row_hash != m.row_hash
+    missing = mapper.map({k: v for k, v in rec.items() if k != "OH_LIST_KEY"})
+    assert missing.row is None and "OH_LIST_KEY" in (missing.rejected or "")
