@@ -94,8 +94,16 @@ def test_roster_syncs_incrementally_and_reconciles(mock_mls_factory, db, provide
         assert roster["open_house"]["deleted"] == 0 and gone in _held(db, provider, "open_house")
         assert fetched == {"member": 1, "office": 1, "open_house": 0}
 
+    mls.reset_counters()
     roster, third = _run(ctx, mode="reconcile")
     assert third["state"] == "success"
+    # every request the run made, the roster's included, is counted on it (one meter, one budget)
+    served = mls.counters()["requests"]
+    searches = sum(n for name, n in served.items() if name == "rets:search" or (name.startswith("reso:")
+                   and name != "reso:token"))
+    assert third["requests"] >= searches, served
+    if provider == "demo_reso":
+        assert served["reso:Member"] >= 3 and served["reso:OpenHouse"] >= 3  # cut, walk, key walk
     _matches_mls(db, mls, provider)
     expected_gone = 0 if provider == "demo_reso" else 1
     assert roster["open_house"]["reconcile"]["gone"] == expected_gone
