@@ -45,8 +45,12 @@ def test_no_import_errors_and_production_defaults() -> None:
 
 def test_sync_dag_shape_and_trigger_form() -> None:
     dag = _bag().dags["mls_sync__demo_rets"]
-    assert [t.task_id for t in dag.topological_sort()][:5] == ["plan", "fetch", "transform_load", "reconcile",
-                                                                  "media_batches"]
+    order = [t.task_id for t in dag.topological_sort()]
+    assert order[:4] == ["plan", "fetch", "transform_load", "reconcile"]
+    # the roster beside the photos, after the listings' reconciliation
+    assert set(order[4:6]) == {"media_batches", "sync_roster"}
+    assert dag.get_task("sync_roster").upstream_task_ids == {"plan", "reconcile"}
+    assert "sync_roster" in dag.get_task("finalize").upstream_task_ids
     assert dag.get_task("finalize").trigger_rule == "all_done"
     assert dag.get_task("fetch").pool == "mls_demo_rets"
     assert dag.get_task("fetch").retry_exponential_backoff
