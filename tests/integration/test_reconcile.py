@@ -14,24 +14,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from mls_sync import connections, sync
-from mls_sync.config import ProviderConfig, find_provider
+from mls_sync import sync
 from mls_sync.store import properties as prop_store
 from mls_sync.store.tables import tables
 
-from devstack import mls_connections
+from tests.integration.engine_runs import context
 
 pytestmark = pytest.mark.integration
 
 SCOPE = ("Active", "ActiveUnderContract", "ComingSoon", "Pending")
-
-
-def _context(mls: Any, db: sa.Engine, provider: str, **changes: Any) -> sync.SyncContext:
-    cfg = find_provider(provider)
-    if changes:
-        cfg = ProviderConfig.model_validate({**cfg.model_dump(by_alias=True), **changes})
-    env = mls_connections(mls.url, mls.credentials)
-    return sync.SyncContext(provider=cfg, db=db, mls=connections.from_env(cfg.connection_id, env))
 
 
 def _run(ctx: sync.SyncContext, **conf: Any) -> dict[str, Any]:
@@ -74,7 +65,7 @@ def _differences(db: sa.Engine, mls: Any, provider: str) -> list[str]:
 @pytest.mark.parametrize("provider", ["demo_reso", "demo_rets"])
 def test_one_reconciliation_repairs_what_incremental_syncs_cannot_see(mock_mls_factory, db, provider) -> None:
     mls = mock_mls_factory(listings=150, seed=21, photos_per_listing=1)
-    ctx = _context(mls, db, provider)
+    ctx = context(mls, db, provider)
     first = _run(ctx)
     assert first["state"] == "success" and first["mode"] == "full"
     assert _differences(db, mls, provider) == []
@@ -131,7 +122,7 @@ def test_one_reconciliation_repairs_what_incremental_syncs_cannot_see(mock_mls_f
 
 def test_scheduled_runs_reconcile_when_due_and_drift_alerts(mock_mls_factory, db) -> None:
     mls = mock_mls_factory(listings=80, seed=22, photos_per_listing=1)
-    ctx = _context(mls, db, "demo_reso", reconcile={"every_hours": 24, "max_drift": 0.02})
+    ctx = context(mls, db, "demo_reso", reconcile={"every_hours": 24, "max_drift": 0.02})
     assert _run(ctx)["mode"] == "full"  # a full sync counts as a reconciliation
     assert _run(ctx)["mode"] == "incremental"  # not due yet
     with db.begin() as c:

@@ -13,24 +13,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from mls_sync import connections, sync
-from mls_sync.config import ProviderConfig, find_provider
+from mls_sync import sync
 from mls_sync.roster import sync_roster
 
-from devstack import mls_connections
+from tests.integration.engine_runs import context
 
 pytestmark = pytest.mark.integration
 
 TABLES = {"member": ("members", "member_key", "Member"), "office": ("offices", "office_key", "Office"),
           "open_house": ("open_houses", "open_house_key", "OpenHouse")}
-
-
-def _context(mls: Any, db: sa.Engine, provider: str, **changes: Any) -> sync.SyncContext:
-    cfg = find_provider(provider)
-    if changes:
-        cfg = ProviderConfig.model_validate({**cfg.model_dump(by_alias=True), **changes})
-    env = mls_connections(mls.url, mls.credentials)
-    return sync.SyncContext(provider=cfg, db=db, mls=connections.from_env(cfg.connection_id, env))
 
 
 def _run(ctx: sync.SyncContext, **conf: Any) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -57,7 +48,7 @@ def _matches_mls(db: sa.Engine, mls: Any, provider: str) -> None:
 @pytest.mark.parametrize("provider", ["demo_reso", "demo_rets"])
 def test_roster_syncs_incrementally_and_reconciles(mock_mls_factory, db, provider) -> None:
     mls = mock_mls_factory(listings=120, seed=5, photos_per_listing=1, mlg_can_view=True)
-    ctx = _context(mls, db, provider)
+    ctx = context(mls, db, provider)
     roster, first = _run(ctx)
     assert first["state"] == "success"
     _matches_mls(db, mls, provider)
