@@ -6,9 +6,16 @@ listings (a view of its session: one login, one rate budget, one request count):
 1. walk the resource from its own watermark (everything on a full run or the first time), page by
    page; each page is mapped and upserted in one transaction with the walk's checkpoint, so a
    retried task resumes after the last committed page and writes nothing twice;
-2. on a full or reconciling run, walk its keys and modification times, fetch by key what is
+2. check the walk against the server's own count (RESO `$count` at the walk's cut), as the
+   listings' fetch is: fewer distinct records than the server counts fails the stage with both
+   numbers (IncompleteRead) and the resource's watermark stays where it was;
+3. on a full or reconciling run, walk its keys and modification times (checked against the count
+   the same way: a key walk cut short must not delete what it did not see), fetch by key what is
    missing here or held with another time, and soft-delete what the MLS no longer lists;
-3. move the resource's watermark past what was stored, only once the writes committed.
+4. move the resource's watermark past what was stored, only once the writes committed.
+
+A resource whose read falls short does not stop the others: each is synced, then the stage fails
+naming every short one.
 
 What each resource fetched, wrote and deleted is the run's `report.roster`.
 """
@@ -30,12 +37,14 @@ from mls_sync.store import roster as roster_store
 from mls_sync.store import runs
 from mls_sync.store.db import commit_without_flush
 from mls_sync.sync import (
+    IncompleteRead,
     RequestMeter,
     SyncContext,
     _dt,
     _key_of,
     _source_time_zone,
     _stage,
+    check_count,
     counted_requests,
     pages_for_keys,
     progress,
@@ -55,11 +64,20 @@ def sync_roster(ctx: SyncContext, plan: dict[str, Any]) -> dict[str, Any]:
         return {"skipped": f"{'a dry run' if plan.get('dry_run') else 'a partial run'}: the roster syncs on "
                            "full, incremental and reconciling runs"}
     report: dict[str, Any] = {}
+    short: list[str] = []
     with _stage(ctx, plan, STAGE) as extra, ctx.source() as source, counted_requests(ctx, plan, source) as meter:
         zone = parse_time_zone(_source_time_zone(source))
         for kind, res in p.resources.items():
             extra["request"] = {"resource": kind, "search": "changes since its watermark"}
-            report[kind] = ResourceSync(ctx, plan, source, kind, res, zone, meter).run(extra)
+            try:
+                report[kind] = ResourceSync(ctx, plan, source, kind, res, zone, meter).run(extra)
+            except IncompleteRead as exc:  # the others still sync; the stage fails below
+                log.error("%s: sync %s: %s", STAGE, plan["sync_id"], exc)
+                short.append(str(exc))
+        if short:
+            extra["request"] = {"search": "the server's count of what the walks read",
+                                "resources": [k for k in p.resources if k not in report]}
+            raise IncompleteRead("; ".join(short))
         extra["roster"] = report
     log.info("%s: sync %s: %s", STAGE, plan["sync_id"], report)
     return report
@@ -78,6 +96,9 @@ class ResourceSync:
     meter: RequestMeter
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
     max_modified: datetime | None = None
+    walked: set[str] = field(default_factory=set)  # distinct keys the walk read in this process
+    walked_before: dict[str, int] = field(default_factory=dict)  # keys, keyless: before a resume
+    verified: dict[str, int] | None = None  # the walk's count check, once it passed
 
     def __post_init__(self) -> None:
         names = self.res.rets_names(self.kind) if self.ctx.provider.protocol == "rets" else (
@@ -105,12 +126,21 @@ class ResourceSync:
         out: dict[str, Any] = {}
         if not mine.get("walked"):
             select = self.res.select_fields() if p.protocol == "reso" and p.reso and p.reso.select_from_mapping else ()
+            criteria = SearchCriteria(modified_since=since, select=select)
+            last = mine.get("cursor")
+            self.walked_before = dict(mine.get("walk") or {})
             extra["request"] = {"resource": self.kind, "modified_since": since.isoformat() if since else None,
-                                "resume_from": mine.get("cursor")}
-            for page in self.view.pages(SearchCriteria(modified_since=since, select=select),
-                                        resume_from=mine.get("cursor")):
-                self.write(page.records, {"cursor": page.cursor})
-            self.write([], {"walked": True})
+                                "resume_from": last}
+            for page in self.view.pages(criteria, resume_from=last):
+                self.write(page.records, {"cursor": page.cursor}, walking=True)
+                last = page.cursor
+            extra["request"] = {"resource": self.kind, "search": "the server's count of what the walk read"}
+            self.verified = self.verify(criteria, last, self._walk_figures(), "walk")
+            self.write([], self._walked())
+        else:
+            self.verified = mine.get("read_verified")
+        if self.verified:
+            out["read_verified"] = self.verified
         reconciled = self.plan["mode"] in ("full", "reconcile")
         if reconciled:
             extra["request"] = {"resource": self.kind, "search": "keys and modification times"}
@@ -122,8 +152,25 @@ class ResourceSync:
         log.info("%s: %s %s", STAGE, self.kind, out)
         return out
 
-    def write(self, records: list[dict[str, Any]], state: dict[str, Any]) -> None:
-        """Map and write one page, with its checkpoint, in one transaction."""
+    def _walk_figures(self) -> dict[str, int]:
+        """Distinct keys and keyless records the walk read, a resumed task's earlier pages included
+        (a keyset walk resumed past its cursor reads none of those again)."""
+        return {"keys": self.walked_before.get("keys", 0) + len(self.walked),
+                "keyless": self.walked_before.get("keyless", 0)}
+
+    def verify(self, criteria: SearchCriteria, cursor: dict[str, Any] | None, read: dict[str, int],
+               walk: str) -> dict[str, int] | None:
+        """A walk's distinct records against the server's count at its cut (IncompleteRead if short)."""
+        return check_count(self.view, criteria, cursor, lambda: read["keys"], read["keyless"],
+                           f"the {self.kind} {walk}", f"{self.kind} records")
+
+    def _walked(self) -> dict[str, Any]:
+        """The checkpoint once the walk is written (and checked)."""
+        return {"walked": True, "read_verified": self.verified} if self.verified else {"walked": True}
+
+    def write(self, records: list[dict[str, Any]], state: dict[str, Any], walking: bool = False) -> None:
+        """Map and write one page, with its checkpoint, in one transaction; `walking`: a page of
+        the walk whose distinct keys are checked against the server's count."""
         p, t = self.ctx.provider, self.ctx.t
         rows, removals, rejected, keyless = [], [], [], 0
         for rec in records:
@@ -132,6 +179,8 @@ class ResourceSync:
                 keyless += 1
                 rejected.append((f"keyless:{self.sid}", f"a {self.kind} record without {self.key_field}", rec))
                 continue
+            if walking:
+                self.walked.add(key)
             if raw_store.is_deleted(rec):
                 removals.append(key)
                 continue
@@ -157,6 +206,9 @@ class ResourceSync:
             for k, v in (("fetched", len(records)), ("deleted", deleted), ("failed", len(rejected)),
                          *written.items()):
                 self.counts[k] += v
+            if walking:
+                self.walked_before["keyless"] = self.walked_before.get("keyless", 0) + keyless
+                state = {**state, "walk": self._walk_figures()}
             checkpoint = {**state, "counts": self.counts,
                           "max_modified": self.max_modified.isoformat() if self.max_modified else None}
             roster_store.checkpoint(c, t, p.provider_id, self.kind, self.sid, checkpoint)
@@ -171,11 +223,18 @@ class ResourceSync:
         roles = self.res.roles()
         modified_of = self.mapper.column_reader("mls_modified_at")
         listed: dict[str, Any] = {}
-        for page in self.view.pages(SearchCriteria(select=(roles.key, roles.modified))):
+        criteria = SearchCriteria(select=(roles.key, roles.modified))
+        read, keyless, last = set(), 0, None
+        for page in self.view.pages(criteria):
             for rec in page.records:
                 key = _key_of(roles.key, rec)
+                keyless += key is None
+                if key:
+                    read.add(key)
                 if key and not raw_store.is_deleted(rec):
                     listed[key] = modified_of(rec)
+            last = page.cursor
+        self.verify(criteria, last, {"keys": len(read), "keyless": keyless}, "key walk")
         with self.ctx.db.connect() as c:
             held = roster_store.live(c, t, p.provider_id, self.kind)
         missing = sorted(k for k in listed if k not in held)
@@ -192,5 +251,5 @@ class ResourceSync:
     def _refetch(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for page in pages_for_keys(self.view, keys):
-            self.write(page.records, {"walked": True})
+            self.write(page.records, self._walked())
 

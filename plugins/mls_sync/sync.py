@@ -370,33 +370,45 @@ class IncompleteRead(ServerError):
 FETCH_DONE = {"done": True}  # the fetch cursor once the whole stage has finished
 
 
+def check_count(source: Source, criteria: SearchCriteria, cursor: dict[str, Any] | None,
+                landed: Callable[[], int], keyless: int, what: str, noun: str) -> dict[str, int] | None:
+    """The server's own count for a walk that ended at `cursor` (RESO `$count` at the walk's cut)
+    against the distinct records it `landed`; None where the source cannot count. A shortfall
+    raises IncompleteRead naming both numbers: the walk missed records whatever its paging said."""
+    count = getattr(source, "expected_count", None)
+    expected = count(criteria, cursor) if count is not None else None
+    if expected is None:
+        return None
+    got = landed()
+    if got + keyless < expected:
+        cut = (cursor or {}).get("cut")
+        raise IncompleteRead(f"{what} read {got} distinct {noun} but the server counts {expected} for the "
+                             f"same query{f' up to {cut}' if cut else ''}: {expected - got - keyless} were "
+                             "missed; the run fails and the watermark stays where it was")
+    return {"server_count": expected, "distinct_keys": got}
+
+
 def verify_read(ctx: SyncContext, plan: dict[str, Any], source: Source, criteria: SearchCriteria,
                 cursor: dict[str, Any] | None, keyless: int) -> dict[str, int] | None:
     """Compare the distinct listings this run landed with the server's own count at the walk's
-    cut, where the source can ask for one (RESO `$count`); a shortfall raises IncompleteRead with
-    both numbers. A pass is recorded in the run, so a resumed fetch does not ask again."""
-    count = getattr(source, "expected_count", None)
-    if count is None:
-        return None
+    cut (`check_count`). A pass is recorded in the run, so a resumed fetch does not ask again."""
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     with ctx.db.connect() as c:
         done = (runs.get_run(c, t, sid).get("stage_state") or {}).get("read_verified")
     if done:
         return done
-    expected = count(criteria, cursor)
-    if expected is None:
+
+    def landed() -> int:
+        with ctx.db.connect() as c:
+            return raw_store.count_run(c, t, p.provider_id, sid)
+
+    verified = check_count(source, criteria, cursor, landed, keyless, "fetch", "listings")
+    if verified is None:
         return None
-    with ctx.db.connect() as c:
-        landed = raw_store.count_run(c, t, p.provider_id, sid)
-    if landed + keyless < expected:
-        cut = (cursor or {}).get("cut")
-        raise IncompleteRead(f"fetch read {landed} distinct listings but the server counts {expected} for the "
-                             f"same query{f' up to {cut}' if cut else ''}: {expected - landed - keyless} were "
-                             "missed; the run fails and the watermark stays where it was")
-    verified = {"server_count": expected, "distinct_keys": landed}
     with ctx.db.begin() as c:
         runs.merge_into(c, t, sid, "stage_state", {"read_verified": verified})
-    log.info("fetch: sync %s read %d distinct listings, the server counts %d", sid, landed, expected)
+    log.info("fetch: sync %s read %d distinct listings, the server counts %d", sid, verified["distinct_keys"],
+             verified["server_count"])
     return verified
 
 

@@ -24,11 +24,17 @@ TABLES = {"member": ("members", "member_key", "Member"), "office": ("offices", "
           "open_house": ("open_houses", "open_house_key", "OpenHouse")}
 
 
+def _listings(ctx: sync.SyncContext, mode: str) -> dict[str, Any]:
+    """A run's plan with its listing stages done: what the roster stage follows."""
+    plan = sync.plan(ctx, dag_id=None, dag_run_id=None, conf={"include_photos": False, "mode": mode},
+                     trigger="manual")
+    for stage in (sync.fetch, sync.transform_load, sync.reconcile):
+        stage(ctx, plan)
+    return plan
+
+
 def _run(ctx: sync.SyncContext, **conf: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    plan = sync.plan(ctx, dag_id=None, dag_run_id=None, conf={"include_photos": False, **conf}, trigger="manual")
-    sync.fetch(ctx, plan)
-    sync.transform_load(ctx, plan)
-    sync.reconcile(ctx, plan)
+    plan = _listings(ctx, conf.get("mode", "auto"))
     roster = sync_roster(ctx, plan)
     return roster, sync.finalize(ctx, plan)
 
@@ -106,3 +112,61 @@ def test_roster_syncs_incrementally_and_reconciles(mock_mls_factory, db, provide
                            {"i": third["sync_id"]}).one()
     assert deleted_at is not None
     assert set(report.report["roster"]) == set(TABLES)
+
+
+def _watermarks(db: sa.Engine, provider: str) -> dict[str, Any]:
+    with db.connect() as c:
+        return dict(c.execute(sa.text("SELECT resource, watermark FROM mls_resource_sync WHERE provider_id = :p"),
+                              {"p": provider}).all())
+
+
+def test_a_roster_walk_cut_short_fails_and_keeps_its_watermark(mock_mls_factory, db) -> None:
+    """A YAML that says $top is a page size, against a server that reads it as OData does: each
+    walk ends after one page. Whatever resource that cuts short fails the roster stage naming both
+    numbers; its watermark stays (a later run reads the changes again) and a key walk cut short
+    deletes nothing it did not see. The resources read in full still sync."""
+    provider = "demo_reso"
+    mls = mock_mls_factory(listings=120, seed=5, photos_per_listing=1, mlg_can_view=True)
+    good = context(mls, db, provider)
+    roster, first = _run(good)
+    assert first["state"] == "success"
+    for kind in TABLES:  # each walk is checked against the server's count
+        assert roster[kind]["read_verified"] == {"server_count": roster[kind]["fetched"],
+                                                 "distinct_keys": roster[kind]["fetched"]}
+    before = _watermarks(db, provider)
+    held = {kind: _held(db, provider, kind) for kind in TABLES}
+
+    mls.configure(reso_top="total")
+    changed = mls.mutate(member_change=30, office_change=1)
+    wrong = context(mls, db, provider, reso={**good.provider.reso.model_dump(), "paging": "nextlink",
+                                              "page_size": 10, "top_is_page_size": True})
+    plan = _listings(good, "incremental")  # the listings' own walk is test_reso_profiles'
+    with pytest.raises(sync.IncompleteRead, match=r"the member walk read 10 distinct member records but the "
+                                                  r"server counts (\d+)") as err:
+        sync_roster(wrong, plan)
+    assert int(err.value.args[0].split("counts ")[1].split()[0]) >= 30
+    assert "office" not in str(err.value) and "open_house" not in str(err.value)
+    result = sync.finalize(good, plan, ["sync_roster"])
+    assert result["state"] == "failed" and "member walk read 10" in result["error_summary"]
+    after = _watermarks(db, provider)
+    assert after["member"] == before["member"]  # the member changes are read again next time
+    assert after["office"] > before["office"]  # the office walk was whole: written, watermark moved
+    office = changed["office_change"][0]
+    assert _held(db, provider, "office")[office]["phone"] != held["office"][office]["phone"]
+
+    # a reconciling run: a key walk cut short must not take what it did not see for deleted
+    plan = _listings(good, "reconcile")
+    with pytest.raises(sync.IncompleteRead, match=r"key walk read 10 distinct") as err:
+        sync_roster(wrong, plan)
+    sync.finalize(good, plan, ["sync_roster"])
+    for kind in TABLES:
+        assert set(_held(db, provider, kind)) == set(held[kind]), kind  # nothing deleted
+    assert _watermarks(db, provider)["member"] == before["member"]
+
+    mls.configure(reso_top="page")
+    roster, last = _run(good, mode="incremental")
+    assert last["state"] == "success"
+    # the whole window again, from the watermark the short walks left; the 10 they wrote are unchanged
+    assert roster["member"]["fetched"] >= 30 and roster["member"]["updated"] == 20
+    _matches_mls(db, mls, provider)
+    assert _watermarks(db, provider)["member"] > before["member"]
