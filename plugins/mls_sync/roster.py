@@ -147,7 +147,7 @@ class ResourceSync:
             out["reconcile"] = self.reconcile()
         with self.ctx.db.begin() as c:
             out.update(self.counts, mode="full" if full else "incremental", since=since.isoformat() if since else None,
-                       store_count=roster_store.count_live(c, t, p.provider_id, self.kind))
+                       store_count=roster_store.count_live(c, t, p.provider_id, self.kind), sync_id=self.sid)
             roster_store.finish(c, t, p.provider_id, self.kind, self.sid, self.max_modified, out, reconciled)
         log.info("%s: %s %s", STAGE, self.kind, out)
         return out

@@ -103,9 +103,11 @@ def reset_properties_db(engine: sa.Engine) -> None:
 
 
 def real_sync(engine: sa.Engine, listings: int = 120) -> dict[str, Any]:
-    """A real sync of the demo RESO provider against the mock MLS; returns its history row."""
+    """A real sync of the demo RESO provider (listings and roster) against the mock MLS; returns
+    its history row."""
     from mls_sync import connections, sync
     from mls_sync.config import find_provider
+    from mls_sync.roster import sync_roster
     from mls_sync.store import runs
     from mls_sync.store.tables import tables
 
@@ -120,9 +122,19 @@ def real_sync(engine: sa.Engine, listings: int = 120) -> dict[str, Any]:
         sync.fetch(ctx, plan)
         sync.transform_load(ctx, plan)
         sync.reconcile(ctx, plan)
+        sync_roster(ctx, plan)
         sync.finalize(ctx, plan)
     with engine.connect() as c:
         return runs.get_run(c, tables(engine), plan["sync_id"])
+
+
+def roster_held(engine: sa.Engine) -> dict[str, int]:
+    """Live rows of each roster table for PROVIDER, as the database has them."""
+    from mls_sync.columns import ROSTER_TABLES
+
+    with engine.connect() as c:
+        return {kind: c.execute(sa.text(f"SELECT count(*) FROM {table} WHERE provider_id = :p AND deleted_at IS NULL"),
+                                {"p": PROVIDER}).scalar_one() for kind, table in ROSTER_TABLES.items()}
 
 
 def make_conflict(engine: sa.Engine, index: int = 0) -> tuple[int, str]:
@@ -247,7 +259,7 @@ def test_viewer_reads_but_may_not_act(viewer: requests.Session, stack: Stack, mi
 
 
 def test_overview_last_run_counts_match_database(admin: requests.Session, stack: Stack,
-                                                 seeded: dict[str, Any]) -> None:
+                                                 seeded: dict[str, Any], migrated_engine: sa.Engine) -> None:
     from mls_sync.store.runs import COUNT_COLUMNS
 
     run = seeded["run"]
@@ -262,6 +274,15 @@ def test_overview_last_run_counts_match_database(admin: requests.Session, stack:
         assert f'data-count="{key}">{int(run[key]):,}<' in html
     detail = admin.get(_url(stack, f"/api/runs/{run['id']}"), timeout=30).json()
     assert [s for s, _ in detail["timings"]][:3] == ["plan", "fetch", "transform_load"]
+    # the roster: what is held per resource, and what the run fetched of it
+    held = roster_held(migrated_engine)
+    assert list(card["roster"]) == ["member", "office", "open_house"]
+    for kind, n in held.items():
+        assert card["roster"][kind]["held"] == n > 0, kind
+        assert card["roster"][kind]["fetched"] == run["report"]["roster"][kind]["fetched"] == n, kind
+        assert f'<tr data-roster="{kind}">' in html
+    history = admin.get(_url(stack, f"/api/history?provider={PROVIDER}"), timeout=30).json()["rows"]
+    assert next(r for r in history if r["id"] == run["id"])["roster"]["member"]["fetched"] == held["member"]
 
 
 def test_trigger_dry_run_appears_in_airflow_then_refused_cancel_and_rate_limit(

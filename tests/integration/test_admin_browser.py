@@ -24,6 +24,7 @@ from tests.integration.test_admin_api import (
     make_error,
     real_sync,
     reset_properties_db,
+    roster_held,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow, pytest.mark.browser, pytest.mark.slow]
@@ -140,7 +141,23 @@ def test_login_nav_and_last_run_counts_match_database(logged_in: Any, stack: Sta
     assert card.locator('[data-drift="mls"]').inner_text() == f"{figures['mls_count']:,}"
     assert card.locator('[data-drift="after"]').inner_text() == f"{figures['store_count_after']:,}"
     assert card.locator('[data-drift="ratio"]').inner_text() == "drift 0.00%"
+    # the roster: members, offices and open houses held, and what the last sync of each fetched
+    held = roster_held(migrated_engine)
+    fetched = {kind: c["fetched"] for kind, c in run["report"]["roster"].items()}
+    for kind, label in (("member", "Members"), ("office", "Offices"), ("open_house", "Open houses")):
+        row = card.locator(f'[data-roster="{kind}"]')
+        assert row.locator("td").first.inner_text() == label
+        assert row.locator('[data-roster-count="held"]').inner_text() == f"{held[kind]:,}"
+        assert row.locator('[data-roster-count="fetched"]').inner_text() == f"{fetched[kind]:,}"
+        assert row.locator('[data-roster-count="deleted"]').inner_text() == "0"
     page.screenshot(path=str(artifacts_dir / "dashboard-overview-in-airflow-1280.png"))
+    # the history page says what each run did to the roster
+    frame.get_by_role("link", name="History").first.click()
+    history_row = frame.locator("tr", has=frame.locator(f'a[href$="runs/{run["id"]}"]'))
+    history_row.wait_for(timeout=30_000)
+    for kind in held:
+        shown = history_row.locator(f'[data-roster="{kind}"] [data-roster-count="fetched"]').inner_text()
+        assert shown == f"{fetched[kind]:,}", kind
 
 
 def test_trigger_dry_run_shows_in_airflow_runs(logged_in: Any, stack: Stack, artifacts_dir: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from mls_sync.columns import ROSTER_TABLES
 from mls_sync.store.runs import COUNT_COLUMNS, first_failure
 from mls_sync.store.tables import Tables
 
@@ -55,6 +56,25 @@ def run_counts(run: dict[str, Any]) -> dict[str, int]:
 
 FILTER_LABELS = (("listing_keys", "keys"), ("postal_codes", "postal codes"), ("cities", "cities"),
                  ("modified_since", "modified since"))
+
+
+def roster_held(conn: Connection, t: Tables, provider_ids: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per provider and roster resource: the rows held (live) and what the last sync of that
+    resource fetched, wrote and deleted (`mls_resource_sync.last_counts`: its counts when the
+    resource last finished, so a run that failed in it or skipped it does not blank them)."""
+    s = t.mls_resource_sync
+    order = {kind: i for i, kind in enumerate(ROSTER_TABLES)}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    rows = conn.execute(sa.select(s.c.provider_id, s.c.resource, s.c.last_counts).where(
+        s.c.provider_id.in_(list(provider_ids)))).mappings()
+    for r in sorted(rows, key=lambda r: (r["provider_id"], order.get(r["resource"], len(order)), r["resource"])):
+        last = r["last_counts"] or {}
+        if not last:  # a first walk still running (or failed): nothing finished to show yet
+            continue
+        figures: dict[str, Any] = {k: int(last.get(k) or 0) for k in ROSTER_COUNTS}
+        figures.update(held=int(last.get("store_count") or 0), mode=last.get("mode"), sync_id=last.get("sync_id"))
+        out.setdefault(r["provider_id"], {})[r["resource"]] = figures
+    return out
 
 
 def roster_counts(run: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -102,7 +122,8 @@ def _run_summary(run: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def overview(conn: Connection, t: Tables, provider_ids: Sequence[str] | None = None,
              now: datetime | None = None) -> dict[str, dict[str, Any]]:
-    """Per provider: its status row, last finished and current run, errors in 24 h, open conflicts.
+    """Per provider: its status row, last finished and current run, errors in 24 h, open conflicts,
+    the roster resources held (`roster_held`).
 
     Providers that never ran have no status row; they are absent here and the caller shows
     them from their YAML alone.
@@ -113,7 +134,8 @@ def overview(conn: Connection, t: Tables, provider_ids: Sequence[str] | None = N
     for row in conn.execute(sa.select(s).where(_allowed(s.c.provider_id, provider_ids))
                             .order_by(s.c.provider_id)).mappings():
         item = dict(row)
-        item.update(errors_24h=0, open_errors=0, dead_letters=0, open_conflicts=0, last_run=None, current_run=None)
+        item.update(errors_24h=0, open_errors=0, dead_letters=0, open_conflicts=0, last_run=None, current_run=None,
+                    roster={})
         out[row["provider_id"]] = item
     if not out:
         return out
@@ -132,6 +154,8 @@ def overview(conn: Connection, t: Tables, provider_ids: Sequence[str] | None = N
         c.c.provider_id.in_(ids), c.c.state == "open").group_by(c.c.provider_id)
     for pid, n in conn.execute(conf_q):
         out[pid]["open_conflicts"] = int(n)
+    for pid, roster in roster_held(conn, t, ids).items():
+        out[pid]["roster"] = roster
     # newest finished run per provider, and the running one if any
     finished = (sa.select(h).where(h.c.provider_id.in_(ids), h.c.finished_at.isnot(None))
                 .distinct(h.c.provider_id).order_by(h.c.provider_id, h.c.finished_at.desc(), h.c.id.desc()))

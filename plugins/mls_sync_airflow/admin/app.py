@@ -243,6 +243,7 @@ def _card(p: Provider, status_row: dict[str, Any] | None, dag: dict[str, Any], u
                                    "last_failure_at", "last_error", "last_duration_seconds", "current_run",
                                    "last_reconciled_at")}
     card["reconcile"] = reconcile_view(s.get("last_reconcile"), p.config)
+    card["roster"] = s.get("roster") or {}
     card.update({k: s.get(k, 0) for k in ("errors_24h", "open_errors", "dead_letters", "open_conflicts")})
     card.update(
         provider_id=p.provider_id, name=p.name, protocol=p.protocol.upper(), dag_id=p.dag_id, schedule=p.schedule,
