@@ -322,7 +322,7 @@ def _photos(ctx: Any, plan: dict[str, Any]) -> None:
 
 
 def add_sync(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sync", help="run one sync (plan, fetch, load, reconcile, photos, finalize) "
+    p = sub.add_parser("sync", help="run one sync (plan, fetch, load, reconcile, roster, photos, finalize) "
                                     "into MLS_DATABASE_URL, without Airflow")
     _source_args(p)
     p.add_argument("--mode", choices=("auto", "full", "incremental", "reconcile"), default="auto")

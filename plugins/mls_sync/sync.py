@@ -32,7 +32,7 @@ from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, ServerError, Source
 from mls_sync.store import errors as err_store
-from mls_sync.store import keylist, leases, runs
+from mls_sync.store import keylist, leases, reports, runs
 from mls_sync.store import properties as prop_store
 from mls_sync.store import raw as raw_store
 from mls_sync.store.db import commit_without_flush
@@ -825,6 +825,7 @@ def _result(p: ProviderConfig, closed: dict[str, Any], state: str, summary: str 
         "dry_run": closed["dry_run"], "duration_seconds": round(closed["duration_seconds"] or 0.0, 2),
         "error_rate": round(error_rate, 4), "error_summary": summary,
         **{k: int(closed[k]) for k in runs.COUNT_COLUMNS}, "status_changes": int(status_changes),
+        "roster": reports.roster_counts(closed),
         "alerts": [], "failure": runs.first_failure(closed) if state == "failed" else None,
     }
     # a failed run's alert is the failure itself (sent once per run by the caller)

@@ -31,17 +31,24 @@ def test_sync_full_then_incremental_then_dry_run(mock_mls_factory, db, db_url, t
     assert result["photos_added"] == result["added"]  # one photo per listing
     assert scalar(db, "SELECT count(*) FROM properties") == result["added"]
     assert scalar(db, "SELECT count(*) FROM property_media") == result["photos_added"]
+    # the roster the YAML names, in the same line: what was fetched and is held per resource
+    assert set(result["roster"]) == {"member", "office", "open_house"}
+    for kind, table in (("member", "members"), ("office", "offices"), ("open_house", "open_houses")):
+        held = scalar(db, f"SELECT count(*) FROM {table} WHERE deleted_at IS NULL")
+        assert result["roster"][kind]["held"] == result["roster"][kind]["added"] == held > 0, kind
 
-    changed = mls.mutate(price=3)
+    changed = mls.mutate(price=3, member_new=1)
     out = _cli(env, "sync", "--provider", "demo_rets", "--no-photos")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["mode"] == "incremental" and result["updated"] == len(changed["price"])
+    assert result["roster"]["member"]["added"] == 1
 
     before = scalar(db, "SELECT max(updated_at) FROM properties")
     mls.mutate(price=2)
     out = _cli(env, "sync", "--provider", "demo_rets", "--dry-run")
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["dry_run"] and result["updated"] == 2
+    assert result["roster"] == {}  # a dry run leaves the roster alone
     assert scalar(db, "SELECT max(updated_at) FROM properties") == before
 
 

@@ -79,10 +79,11 @@ def roster_held(conn: Connection, t: Tables, provider_ids: Sequence[str]) -> dic
 
 def roster_counts(run: dict[str, Any]) -> dict[str, dict[str, int]]:
     """What the run did to each roster resource (report.roster): fetched, added, updated, unchanged,
-    deleted, failed; empty when it synced none (the YAML names none, a dry or partial run)."""
+    deleted, failed, and the rows held after it; empty when it synced none (the YAML names none, a
+    dry or partial run, a roster stage that failed)."""
     roster = (run.get("report") or {}).get("roster") or {}
-    return {kind: {k: int(v.get(k) or 0) for k in ROSTER_COUNTS} for kind, v in roster.items()
-            if isinstance(v, dict)}
+    return {kind: {**{k: int(v.get(k) or 0) for k in ROSTER_COUNTS}, "held": int(v.get("store_count") or 0)}
+            for kind, v in roster.items() if isinstance(v, dict)}
 
 
 def run_filters(conf: dict[str, Any] | None) -> str | None:
