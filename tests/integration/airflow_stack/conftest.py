@@ -11,7 +11,8 @@ The provider YAMLs live in a directory the tests may change while the stack runs
     bad_login              RETS with a wrong password (its connection points at the same mock)
     no_conn                RESO whose connection is not defined anywhere
     broken_schema, broken_syntax   invalid YAMLs
-    worker_loss            demo RETS again, one listing per GetObject (test_workers kills a worker)
+    worker_loss            demo RETS again, one listing per GetObject, no roster (test_workers kills
+                           a worker)
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def stack() -> Iterator[Stack]:
     write_yaml(mappings, {**provider_yaml("demo_rets"), "provider_id": "broken_schema", "limits": {"pool_slots": "x"}})
     (mappings / "broken_syntax.yaml").write_text("provider_id: broken_syntax\nfields: [unclosed\n")
     rets = provider_yaml("demo_rets")
+    rets.pop("resources")  # listings and photos only: its roster task has nothing to do and skips
     write_yaml(mappings, {**rets, "provider_id": "worker_loss", "name": "Worker loss",
                           "rets": {**rets["rets"], "photos_per_request": 1}})
     try:

@@ -91,12 +91,20 @@ def test_sync_through_celery_on_two_workers(stack: Stack) -> None:
                                 {"r": run_id}).mappings().all()
             photos = c.execute(sa.text("SELECT listing_key, variants FROM property_media"
                                        " WHERE provider_id = :p AND state = 'stored'"), {"p": PROVIDER}).all()
+            roster_held = {kind: c.execute(sa.text(f"SELECT count(*) FROM {table} WHERE provider_id = :p AND "
+                                                   "deleted_at IS NULL"), {"p": PROVIDER}).scalar()
+                           for kind, table in (("member", "members"), ("office", "offices"),
+                                               ("open_house", "open_houses"))}
     finally:
         props.dispose()
     assert keys == expected and len(expected) > 10
     assert len(history) == 1 and history[0]["state"] == "success", history
     assert history[0]["photos_added"] == len(expected)
     assert {p.listing_key for p in photos} == expected  # one photo per listing
+    # the roster task ran on a worker too, into the same database, and the run says what it fetched
+    assert summary[("sync_roster", -1)][0] == "success", summary
+    roster = history[0]["report"]["roster"]
+    assert {k: v["added"] for k, v in roster.items()} == roster_held and all(roster_held.values()), roster
 
     from tests.integration.s3_server import s3_client
 
