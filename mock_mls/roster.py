@@ -11,7 +11,7 @@ Member, Office, OpenHouse; removed rows stay in the table with InFeed = 0, like 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cached_property
@@ -152,9 +152,9 @@ def _open_house_row(rng: random.Random, serial: int, listing: tuple[Any, ...], m
             "ModificationTimestamp": modified, "InFeed": 1}
 
 
-def _insert(conn: Any, res: RosterResource, rows: list[dict[str, Any]]) -> None:
+def _insert(conn: Any, res: RosterResource, rows: Iterable[dict[str, Any]]) -> None:
     marks = ", ".join("?" * len(res.columns))
-    conn.executemany(f"INSERT INTO {res.table} VALUES ({marks})", [tuple(r[c] for c in res.columns) for r in rows])
+    conn.executemany(f"INSERT INTO {res.table} VALUES ({marks})", (tuple(r[c] for c in res.columns) for r in rows))
 
 
 def create(conn: Any, seed: int) -> dict[str, int]:
@@ -165,34 +165,44 @@ def create(conn: Any, seed: int) -> dict[str, int]:
                            f'CREATE TABLE {res.table} ({cols}, PRIMARY KEY ("{res.key}")) WITHOUT ROWID;')
     rng = random.Random(f"{seed}:roster")
     anchor = to_ms(ANCHOR)
-    offices: dict[str, tuple[str, str]] = {}
-    office_rows = []
-    for serial, (mls_id, name) in enumerate(conn.execute(
-            "SELECT ListOfficeMlsId, MIN(ListOfficeName) FROM listings WHERE ListOfficeMlsId IS NOT NULL "
-            "GROUP BY ListOfficeMlsId ORDER BY ListOfficeMlsId").fetchall(), start=1):
-        row = _office_row(rng, serial, mls_id, name, anchor - rng.randrange(SPAN_MS // 1000) * 1000)
-        offices[mls_id] = (row["OfficeKey"], mls_id)
-        office_rows.append(row)
-    member_rows = []
-    for serial, (mls_id, name, office) in enumerate(conn.execute(
-            "SELECT ListAgentMlsId, MIN(ListAgentFullName), MIN(ListOfficeMlsId) FROM listings "
-            "WHERE ListAgentMlsId IS NOT NULL GROUP BY ListAgentMlsId ORDER BY ListAgentMlsId").fetchall(), start=1):
-        member_rows.append(_member_row(rng, serial, mls_id, name, offices.get(office, (None, office)),
-                                       anchor - rng.randrange(SPAN_MS // 1000) * 1000))
-    open_rows = []
-    for listing in conn.execute("SELECT ListingKey, ListingId, ListAgentMlsId FROM listings "
-                                "WHERE InFeed = 1 AND StandardStatus = 'Active' ORDER BY ListingKey").fetchall():
-        if rng.random() < OPEN_HOUSE_SHARE:
-            open_rows.append(_open_house_row(rng, len(open_rows) + 1, listing,
-                                             anchor - rng.randrange(30 * DAY_MS // 1000) * 1000))
+    made = {"members": 0, "offices": 0, "open_houses": 0}
+    offices: dict[str, tuple[str, str]] = {}  # one per office of the listings: a few hundred
+
+    def office_rows() -> Iterator[dict[str, Any]]:
+        for serial, (mls_id, name) in enumerate(conn.execute(
+                "SELECT ListOfficeMlsId, MIN(ListOfficeName) FROM listings WHERE ListOfficeMlsId IS NOT NULL "
+                "GROUP BY ListOfficeMlsId ORDER BY ListOfficeMlsId"), start=1):
+            row = _office_row(rng, serial, mls_id, name, anchor - rng.randrange(SPAN_MS // 1000) * 1000)
+            offices[mls_id] = (row["OfficeKey"], mls_id)
+            made["offices"] += 1
+            yield row
+
+    def member_rows() -> Iterator[dict[str, Any]]:
+        for serial, (mls_id, name, office) in enumerate(conn.execute(
+                "SELECT ListAgentMlsId, MIN(ListAgentFullName), MIN(ListOfficeMlsId) FROM listings "
+                "WHERE ListAgentMlsId IS NOT NULL GROUP BY ListAgentMlsId ORDER BY ListAgentMlsId"), start=1):
+            made["members"] += 1
+            yield _member_row(rng, serial, mls_id, name, offices.get(office, (None, office)),
+                              anchor - rng.randrange(SPAN_MS // 1000) * 1000)
+
+    def open_house_rows() -> Iterator[dict[str, Any]]:
+        for listing in conn.execute("SELECT ListingKey, ListingId, ListAgentMlsId FROM listings "
+                                    "WHERE InFeed = 1 AND StandardStatus = 'Active' ORDER BY ListingKey"):
+            if rng.random() < OPEN_HOUSE_SHARE:
+                made["open_houses"] += 1
+                yield _open_house_row(rng, made["open_houses"], listing,
+                                      anchor - rng.randrange(30 * DAY_MS // 1000) * 1000)
+
+    # streamed into their tables, a feed of a million listings is never held in memory; each
+    # resource is written whole before the next is read, so the random stream is used in one order
     conn.execute("BEGIN")
-    for res, rows in ((OFFICE, office_rows), (MEMBER, member_rows), (OPEN_HOUSE, open_rows)):
+    for res, rows in ((OFFICE, office_rows()), (MEMBER, member_rows()), (OPEN_HOUSE, open_house_rows())):
         _insert(conn, res, rows)
     conn.execute("COMMIT")
     for res in RESOURCES:
         conn.executescript(f'CREATE INDEX ix_{res.table}_mod ON {res.table} (ModificationTimestamp, "{res.key}");'
                            f"CREATE TABLE {res.table}_orig AS SELECT * FROM {res.table};")
-    return {"members": len(member_rows), "offices": len(office_rows), "open_houses": len(open_rows)}
+    return made
 
 
 def restore_sql() -> str:
