@@ -169,19 +169,21 @@ class Row:
 
 
 class CompactParser:
-    """Feed bytes, iterate `Row`s; `reply` holds ReplyCode, COUNT, MAXROWS, RETS-STATUS.
+    """Feed bytes, iterate `Row`s (with `values_only`, the rows' value dicts: what a search needs,
+    without an object per row); `reply` holds ReplyCode, COUNT, MAXROWS, RETS-STATUS.
 
     A `<RETS-STATUS>` inside the body overrides the opening ReplyCode (servers say "0" and then
     report 20208 or an error at the end). STANDARD-XML metadata items (`<Field>`, `<Lookup>` ...)
     are collected into `reply.elements` with their container's attributes.
     """
 
-    def __init__(self, charset: str | None = None, keep_elements: bool = False) -> None:
+    def __init__(self, charset: str | None = None, keep_elements: bool = False, values_only: bool = False) -> None:
         self.reply = Reply()
         self._repair = XmlRepair(charset)
         self._parser = etree.XMLPullParser(events=("start", "end"), recover=True, huge_tree=True,
                                            resolve_entities=False, no_network=True)
         self._keep_elements = keep_elements
+        self._values_only = values_only  # hand out the rows' value dicts, not `Row`s (a search's rows)
         self._edges: dict[str, tuple[bool, bool]] = {}
         self._columns: dict[str, list[str]] = {}
         self._containers: list[tuple[str, dict[str, str]]] = []
@@ -191,25 +193,28 @@ class CompactParser:
         self._saw_root = False
         self.complete = False  # the closing </RETS> arrived (a cut-short reply must not pass as whole)
 
-    def feed(self, data: bytes) -> Iterator[Row]:
+    def feed(self, data: bytes) -> Iterator[Any]:
+        out: list[Any] = []
         clean = self._repair.feed(data)
         if clean:
             self._parser.feed(clean)
-        return self._drain()
+            self._drain(out)
+        return iter(out)
 
-    def close(self) -> Iterator[Row]:
+    def close(self) -> Iterator[Any]:
+        out: list[Any] = []
         clean = self._repair.feed(b"", final=True)
         if clean:
             self._parser.feed(clean)
-        rows = list(self._drain())
+        self._drain(out)
         complete = self.complete  # closing the parser invents end tags for a cut-short body
         # recover=True: a truncated tail is tolerated; the caller checks `complete`.
         with contextlib.suppress(etree.XMLSyntaxError):
             self._parser.close()
         if complete:
-            rows.extend(self._drain())
+            self._drain(out)
         self.complete = complete
-        return iter(rows)
+        return iter(out)
 
     @property
     def saw_rets(self) -> bool:
@@ -222,18 +227,30 @@ class CompactParser:
                         self.reply.delimiter)
         return self._layout
 
-    def _drain(self) -> Iterator[Row]:
+    def _drain(self, out: list[Any]) -> None:
+        """This chunk's events; rows (or their values) are appended to `out`."""
         reply = self.reply
+        values_only = self._values_only
         for event, elem in self._parser.read_events():
             tag = elem.tag  # lxml builds a new str on every access: read it once
             if tag == "DATA":  # the hot path: one row (its start event says nothing)
                 if event == "end":
                     container, attrs, cols, lead, trail, delim = self._layout or self._row_layout()
-                    values = split_row(elem.text or "", delim, lead, trail)
+                    text = elem.text or ""
+                    values = text.split(delim)
+                    # split_row's result, without its call, for a row with both edge delimiters
+                    if lead and trail and len(values) > 2 and values[0] == "" and values[-1] == "":
+                        del values[-1]
+                        del values[0]
+                    else:
+                        values = split_row(text, delim, lead, trail)
                     if len(values) < len(cols):
                         values += [""] * (len(cols) - len(values))
-                    yield Row(container, attrs, dict(zip(cols, values, strict=False)))
-                    self._forget(elem)
+                    row = dict(zip(cols, values, strict=False))
+                    out.append(row if values_only else Row(container, attrs, row))
+                    # drop the rows before this one (this one goes with the next): memory stays flat
+                    while elem.getprevious() is not None:
+                        del elem.getparent()[0]
                 continue
             if not isinstance(tag, str):  # a comment or processing instruction
                 tag = ""
@@ -282,7 +299,7 @@ class CompactParser:
                     and elem.getparent().tag == self._containers[-1][0]:
                 item = {c.tag: (c.text or "").strip() for c in elem if isinstance(c.tag, str)}
                 container, attrs = self._containers[-1]
-                yield Row(container, attrs, item)
+                out.append(item if values_only else Row(container, attrs, item))
                 self._forget(elem)
 
     @staticmethod

@@ -219,11 +219,11 @@ class RetsSource(Source):
         key = self.fields.key
 
         def consume(resp: requests.Response) -> PageResult:
-            parser = CompactParser(charset_of(resp))
+            parser = CompactParser(charset_of(resp), values_only=True)
             records: list[dict[str, str]] = []
             for chunk in self.session.iter_body(resp):
-                records.extend(r.values for r in parser.feed(chunk))
-            records.extend(r.values for r in parser.close())
+                records.extend(parser.feed(chunk))
+            records.extend(parser.close())
             reply = parser.reply
             if reply.code is None:
                 raise ServerError("Search: the reply is not RETS XML (HTML error page or empty body?)")
