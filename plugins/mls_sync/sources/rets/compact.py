@@ -114,7 +114,7 @@ class XmlRepair:
                 return False
             if any(nc in data for nc in _NONCHARACTERS):
                 return False
-        return not any(c in data for c in _CONTROL_BYTES) and _OTHER_AMP.search(data) is None
+        return not any(map(data.__contains__, _CONTROL_BYTES)) and _OTHER_AMP.search(data) is None
 
     def feed(self, data: bytes, final: bool = False) -> bytes:
         if self._decoder is None:
