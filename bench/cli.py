@@ -61,6 +61,8 @@ def _quiet() -> None:
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy.engine import make_url as sa_url
+
     from bench import report, runner
     from bench import scenarios as sc
     from bench.monitor import RssMonitor
@@ -77,6 +79,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     try:
         with ExitStack() as stack:
             db_url = stack.enter_context(throwaway_database())
+            monitor.database(sa_url(db_url).database)
             os.environ["MLS_DATABASE_URL"] = db_url
             b = sc.Bench(db_url=db_url, monitor=monitor, results_dir=a.results_dir, stamp=stamp, providers=providers,
                          profile=a.profile, dag=not a.no_dag, peer=not a.no_peer)

@@ -2,6 +2,8 @@
 
 Records: the same search requests the client made (recorded URLs), replayed with plain `requests`
 GETs that only read the bytes, plus a PostgreSQL COPY of the same rows into an UNLOGGED table.
+The records floor's CPU (user + system seconds per process, PostgreSQL's backends included) covers
+the same two timed parts.
 Photos: a bare Pillow loop (`imaging.floor_variants`) over the same bytes on a pool of 2 processes.
 """
 
@@ -56,7 +58,15 @@ def replay(mock: Mock, protocol: str, recorded: list[dict[str, Any]]) -> dict[st
     return {"seconds": seconds, "requests": len(recorded), "bytes": nbytes}
 
 
-def copy_rows(db_url: str, provider_id: str) -> dict[str, Any]:
+def _cpu(monitor: Any) -> dict[str, float]:
+    return monitor.peak()["cpu_seconds"] if monitor is not None else {}
+
+
+def _cpu_between(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
+
+
+def copy_rows(db_url: str, provider_id: str, monitor: Any = None) -> dict[str, Any]:
     """COPY the rows the sync wrote (read out untimed) into an UNLOGGED twin of `properties`."""
     eng = engine(db_url)
     raw = eng.raw_connection()
@@ -71,25 +81,34 @@ def copy_rows(db_url: str, provider_id: str) -> dict[str, Any]:
         cur.execute("CREATE UNLOGGED TABLE bench_floor_copy (LIKE properties INCLUDING DEFAULTS)")
         raw.commit()
         data = buf.getvalue()
+        cpu_before = _cpu(monitor)
         started = time.monotonic()
         with cur.copy("COPY bench_floor_copy FROM STDIN") as into:
             into.write(data)
         raw.commit()
         seconds = time.monotonic() - started
+        cpu = _cpu_between(cpu_before, _cpu(monitor))
         cur.execute("DROP TABLE bench_floor_copy")
         raw.commit()
     finally:
         raw.close()
-    return {"seconds": seconds, "rows": rows}
+    return {"seconds": seconds, "rows": rows, "cpu_seconds_by_process": cpu}
 
 
 def records_floor(mock: Mock, protocol: str, recorded: list[dict[str, Any]], db_url: str,
-                  provider_id: str) -> dict[str, Any]:
+                  provider_id: str, monitor: Any = None) -> dict[str, Any]:
+    """With `monitor` (bench.monitor.RssMonitor), the CPU seconds per process of the two timed parts
+    (replay and COPY; not the untimed read-out of the rows), in `cpu_seconds_by_process`."""
+    if monitor is not None:
+        monitor.reset()
     fetch = replay(mock, protocol, recorded)
-    copy = copy_rows(db_url, provider_id)
+    fetch_cpu = _cpu(monitor)
+    copy = copy_rows(db_url, provider_id, monitor)
+    cpu = {k: round(fetch_cpu.get(k, 0.0) + copy["cpu_seconds_by_process"].get(k, 0.0), 3)
+           for k in {*fetch_cpu, *copy["cpu_seconds_by_process"]}}
     return {"seconds": fetch["seconds"] + copy["seconds"], "fetch_seconds": fetch["seconds"],
             "copy_seconds": copy["seconds"], "requests": fetch["requests"], "bytes": fetch["bytes"],
-            "rows": copy["rows"]}
+            "rows": copy["rows"], "cpu_seconds_by_process": dict(sorted(cpu.items()))}
 
 
 def _noop(_: int) -> int:

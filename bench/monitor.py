@@ -36,6 +36,16 @@ def _server_cpu(postmaster: psutil.Process) -> float:
     return total
 
 
+def _backends_of(postmaster: psutil.Process, database: str) -> list[psutil.Process]:
+    """The server's processes working for `database` (their title names it: `postgres: USER DB ...`)."""
+    out = []
+    for proc in postmaster.children():
+        with contextlib.suppress(psutil.Error):
+            if database in proc.cmdline()[0].split():
+                out.append(proc)
+    return out
+
+
 def _postmasters() -> list[psutil.Process]:
     """The PostgreSQL servers' main processes (a `postgres` whose parent is not one)."""
     out = []
@@ -60,6 +70,7 @@ class _Sampler:
         self.cpu_start: dict[int, float] = {}
         self.cpu_seen: dict[int, tuple[str, float]] = {}
         self.postmasters: list[psutil.Process] = []
+        self.database: str | None = None  # the bench's database: its backends' CPU is `postgres:db`
 
     def _procs(self) -> list[tuple[psutil.Process, str]]:
         out: list[tuple[psutil.Process, str]] = []
@@ -89,10 +100,18 @@ class _Sampler:
                 self.peaks[proc.pid] = (name, rss)
 
     def sample_postgres(self) -> None:
-        """The server with its backends, live and exited, as one figure per server."""
+        """The server with its backends, live and exited, as one figure per server; and, when the
+        bench's database is known, the backends serving it (`postgres:db`). The server may be the
+        machine's, shared with other work (tests, another bench): only the second is the bench's
+        alone. A backend that started and ended between two samples is missing from it; the
+        engine's and the floor's connections are pooled and live through a run."""
         for pm in self.postmasters:
             with contextlib.suppress(psutil.Error):
                 self.cpu_seen[pm.pid] = ("postgres", _server_cpu(pm))
+                if self.database:
+                    for proc in _backends_of(pm, self.database):
+                        with contextlib.suppress(psutil.Error):
+                            self.cpu_seen[proc.pid] = ("postgres:db", _cpu(proc))
 
     def reset(self) -> None:
         self.peaks = {}
@@ -139,6 +158,8 @@ def _serve(conn: Connection, root: int, interval: float) -> None:
         cmd, *args = conn.recv()
         if cmd == "watch":
             s.roles[args[0]] = args[1]
+        elif cmd == "database":
+            s.database = args[0]
         elif cmd == "reset":
             s.reset()
         elif cmd == "peak":
@@ -170,6 +191,10 @@ class RssMonitor:
 
     def reset(self) -> None:
         self._send("reset")
+
+    def database(self, name: str) -> None:
+        """Count the CPU of the PostgreSQL backends serving database `name` as `postgres:db`."""
+        self._send("database", name)
 
     def peak(self) -> dict[str, Any]:
         """{"process", "pid", "rss_mb", "by_process": {name: mb}, "cpu_seconds": {name: s}} since `reset()`."""

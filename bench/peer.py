@@ -69,6 +69,7 @@ def walk_ours(provider_id: str) -> dict[str, Any]:
     source.lookups()  # the metadata a walk needs once per session: not fetch-and-parse
     base = _rss()
     before = sum(source.session.stats["requests"].values())
+    key = cfg.roles().key  # once, as the `rets` walk does: roles() builds a dataclass per call
     keys: set[str] = set()
     rows = 0
     samples: list[float] = []
@@ -78,7 +79,7 @@ def walk_ours(provider_id: str) -> dict[str, Any]:
     with record_requests(("/rets/search",)) as seen:
         for page in source.pages(criteria):
             for rec in page.records:
-                keys.add(rec[cfg.roles().key])
+                keys.add(rec[key])
             rows += len(page.records)
             samples.append(round(_rss(), 1))
     seconds, cpu = time.monotonic() - started, time.process_time() - cpu

@@ -45,7 +45,8 @@ def _rate(r: dict[str, Any]) -> str:
 
 
 def _ratios(r: dict[str, Any]) -> str:
-    names = {"full_sync_vs_floor": "vs floor", "ours_vs_rets_time": "time vs rets", "ours_vs_rets_cpu": "CPU vs rets",
+    names = {"full_sync_vs_floor": "vs floor", "records_cpu_vs_floor": "CPU vs floor",
+             "ours_vs_rets_time": "time vs rets", "ours_vs_rets_cpu": "CPU vs rets",
              "ours_vs_rets_peak_rss": "RSS vs rets", "photos_per_second_vs_pillow_floor": "vs Pillow",
              "ours_vs_rets_rss_growth": "RSS growth vs rets", "two_vs_one_worker": "2 vs 1 worker"}
     return ", ".join(f"{names.get(k, k)} {v:.2f}x" for k, v in r.get("ratios", {}).items() if v is not None) or "-"

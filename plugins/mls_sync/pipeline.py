@@ -9,7 +9,6 @@ checkpoints still commit in sequence; an error on either side stops both and is 
 
 from __future__ import annotations
 
-import gc
 import queue
 import sys
 import threading
@@ -73,25 +72,6 @@ def prefetched(items: Iterable[T], depth: int = 1, name: str = "prefetch") -> It
     finally:
         stop.set()
         thread.join()
-
-
-@contextmanager
-def gc_for_batches(young: int = 20_000) -> Iterator[None]:
-    """Let the cyclic collector run every `young` allocations instead of every 700 inside a block.
-
-    A stage allocates hundreds of thousands of dicts, lists and strings per 10,000 records (parsed
-    rows, mapped rows, batches), which refcounting frees once a batch is written; with the default
-    threshold the collector stops every 700 of them, scans the batches still in flight and promotes
-    them into older generations, whose collections then also walk every object an Airflow task
-    process holds (about 170,000 after its imports). Measured on a 10k transform_load in such a
-    process: 10-25 % of its CPU. The threshold is process-wide and restored on leaving.
-    """
-    before = gc.get_threshold()
-    gc.set_threshold(max(young, before[0]), *before[1:])
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 @contextmanager

@@ -24,10 +24,11 @@ from mls_sync.columns import STANDARD_STATUSES
 from mls_sync.config import ProviderConfig
 from mls_sync.connections import Connection
 from mls_sync.failures import describe_failure
+from mls_sync.gc_batches import gc_for_batches
 from mls_sync.lease import RunConflict
 from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
-from mls_sync.pipeline import Turn, Writer, gc_for_batches, prefetched, prompt_handoffs
+from mls_sync.pipeline import Turn, Writer, prefetched, prompt_handoffs
 from mls_sync.run_options import RunOptions
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, ServerError, Source

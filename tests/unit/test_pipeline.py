@@ -137,20 +137,6 @@ def test_parallel_writer_rolls_back_the_step_after_a_failure_and_raises_the_firs
     assert refused == [2]  # in flight beside the failing step; nothing later was started
 
 
-def test_gc_for_batches_raises_the_young_threshold_and_restores_it_even_on_error() -> None:
-    import gc
-
-    from mls_sync.pipeline import gc_for_batches
-
-    before = gc.get_threshold()
-    with pytest.raises(RuntimeError), gc_for_batches(young=50_000):
-        assert gc.get_threshold() == (50_000, *before[1:])
-        raise RuntimeError("stage failed")
-    assert gc.get_threshold() == before
-    with gc_for_batches(young=10):  # never lowers a higher threshold someone set
-        assert gc.get_threshold()[0] == before[0]
-
-
 def test_prompt_handoffs_shortens_the_switch_interval_and_restores_it_even_on_error() -> None:
     import sys
 

@@ -267,3 +267,19 @@ def test_rows_without_a_key_are_passed_on_not_dropped() -> None:
                    now=lambda: START, offset_ok={"ok": None})
     rows = [r for recs, _ in w.walk([], None, None, None) for r in recs]
     assert len(rows) == 600 and sum(1 for r in rows if not r["K"]) == 3
+
+
+
+def test_rows_repeated_across_page_boundaries_come_once_and_the_key_window_stays_bounded() -> None:
+    """Twelve pages of 2,500 rows, each repeating the previous page's last 10 rows (listings that
+    moved during the walk): every row comes out once, and the walk keeps only the newest 10,000
+    keys however long it runs, trimming the oldest as it goes."""
+    records = make_records(30_000, cluster=0)
+    w = SearchWalk(lambda *a: PageResult([]), key_field="K", modified_field="M", page_size=2500,
+                   offset_mode="honour", now=lambda: START, offset_ok={"ok": None})
+    keys: list[str] = []
+    for start in range(0, 30_000, 2500):
+        page = records[max(0, start - 10):start + 2500]
+        keys += [r["K"] for r in w._new(page)]
+    assert keys == [r["K"] for r in records]
+    assert list(w.seen) == keys[-w.seen_limit:] and w.seen_limit == 10_000

@@ -26,6 +26,7 @@ definition, the next full sync does.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 from collections import Counter
@@ -94,8 +95,12 @@ class SearchWalk:
                 continue
             self.seen[k] = None
             out.append(r)
-        while len(self.seen) > self.seen_limit:  # dicts keep insertion order: drop the oldest
-            del self.seen[next(iter(self.seen))]
+        excess = len(self.seen) - self.seen_limit
+        if excess > 0:  # dicts keep insertion order: drop the oldest
+            # in one pass: `next(iter(seen))` per key walked every slot freed before it again,
+            # quadratic per page (0.9 of the 1.7 CPU-s of a 100k walk)
+            for k in list(itertools.islice(self.seen, excess)):
+                del self.seen[k]
         return out
 
     def _query(self, base: list[str], since: datetime | None, until: datetime | None) -> str:

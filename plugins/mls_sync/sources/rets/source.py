@@ -10,6 +10,7 @@ from urllib.parse import urljoin
 
 import requests
 
+from mls_sync.gc_batches import gc_for_batches
 from mls_sync.limits import RateLimiter, RetryPolicy, is_retryable
 from mls_sync.sources.base import (
     MetadataCache,
@@ -232,11 +233,12 @@ class RetsSource(Source):
         key = self.fields.key
 
         def consume(resp: requests.Response) -> PageResult:
-            parser = CompactParser(charset_of(resp))
+            parser = CompactParser(charset_of(resp), values_only=True)
             records: list[dict[str, str]] = []
-            for chunk in self.session.iter_body(resp):
-                records.extend(r.values for r in parser.feed(chunk))
-            records.extend(r.values for r in parser.close())
+            with gc_for_batches():  # the page's rows are all held until it is complete
+                for chunk in self.session.iter_body(resp):
+                    records.extend(parser.feed(chunk))
+                records.extend(parser.close())
             reply = parser.reply
             if reply.code is None:
                 raise ServerError("Search: the reply is not RETS XML (HTML error page or empty body?)")
