@@ -83,3 +83,26 @@ def test_bench_peer_pairs_walk_the_same_pages(tmp_path) -> None:
     # listed in the order they ran, the quoted pair marked
     [quoted] = [r for r in res["repeats"] if r.get("median")]
     assert quoted["ratio"] == ratios[2] and quoted["ours_seconds"] == round(ours["seconds"], 3)
+
+
+def test_bench_parse_curve_small(tmp_path) -> None:
+    """Scenario 10 at 1 and 3 providers: every parse builds each provider's two DAGs (and the
+    maintenance DAG), cold and warm, and the curve is printed."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    cmd = [sys.executable, "-m", "bench", "10", "--parse-sizes", "1,3", "--repeat", "1", "--results-dir",
+           str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [res] = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    assert res["error"] is None, res.get("traceback")
+    assert res["scenario"] == "10" and res["path"] == "parse"
+    points = {(p["providers"], p["mode"]): p for p in res["parse_curve"]}
+    assert set(points) == {(1, "cold"), (1, "warm"), (3, "cold"), (3, "warm")}
+    for (n, _), p in points.items():
+        assert p["dags"] == p["expected_dags"] == 2 * n + 1 and p["import_errors"] == [], p
+        assert p["files"]["mls_sync.py"]["dags"] == 2 * n
+        assert p["cpu_seconds"] > 0 and p["wall_seconds"] > 0
+        assert p["cache_written"]  # the warm parse had the cold one's config cache to read
+    assert set(res["marginal_ms_per_provider"]) == {"cold", "warm"}
+    assert [t["status"] for t in res["targets"] if "DAGs built" in t["name"]] == ["PASS"]
+    assert "Parse curve" in proc.stdout and "marginal (warm)" in proc.stdout
