@@ -150,6 +150,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     if "9" in sel:  # last: it changes the mock
                         print("-- 9 key reconciliation demo_rets", flush=True)
                         out += sc.reconciliation(b, mock, n)
+            if "8" in sel:
+                from bench.million import million
+
+                n8 = a.listings or 1_000_000
+                print(f"== scenario 8: {n8:,} listings of every status, {', '.join(providers)}", flush=True)
+                out += million(b, n8, providers)
             if sel & {"2", "3"}:
                 n = a.listings or 10_000
                 print(f"== scenarios {sorted(sel & {'2', '3'})}: mock MLS with {n:,} listings", flush=True)

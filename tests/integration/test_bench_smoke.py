@@ -106,3 +106,32 @@ def test_bench_parse_curve_small(tmp_path) -> None:
     assert set(res["marginal_ms_per_provider"]) == {"cold", "warm"}
     assert [t["status"] for t in res["targets"] if "DAGs built" in t["name"]] == ["PASS"]
     assert "Parse curve" in proc.stdout and "marginal (warm)" in proc.stdout
+
+
+@pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),
+                    reason="needs the PostgreSQL on 127.0.0.1:5432")
+def test_bench_million_at_a_tiny_size(tmp_path) -> None:
+    """Scenario 8's code paths at 2,000 listings: per protocol a reference sync at a tenth, the full
+    sync of every status with its floor and space per record, then an incremental run."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    cmd = [sys.executable, "-m", "bench", "8", "--listings", "2000", "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    assert [(r["provider"], r["listings"]) for r in results] == [
+        ("demo_rets", 200), ("demo_rets", 2000), ("demo_rets", 2000),
+        ("demo_reso", 200), ("demo_reso", 2000), ("demo_reso", 2000)]
+    for r in results:
+        assert r["scenario"] == "8" and r["error"] is None, r.get("traceback")
+    for ref, full, inc in (results[:3], results[3:]):
+        # every status, not only the active-ish ~72 % a default full sync asks for
+        assert full["records"] > 0.95 * 2000 and ref["records"] > 0.95 * 200
+        assert full["floor"]["rows"] == full["counts"]["added"] == full["space"]["records"]
+        assert full["space"]["tables"]["properties"]["index_bytes"] > 0
+        assert full["space"]["per_record_bytes"] > 0
+        assert full["ratios"]["full_sync_vs_floor"] > 0 and full["ratios"]["peak_rss_vs_tenth"] > 0
+        assert full["checks"]["peak_rss_reference_mb"] == ref["peak_rss_ours_mb"]
+        assert {t["name"] for t in full["targets"]} >= {"wall", "engine-only vs floor", "peak RSS of our processes"}
+        # the incremental run fetched what changed and nothing older than its overlap window
+        assert inc["checks"]["missing"] == 0 and inc["checks"]["extra_outside_overlap"] == 0, inc["checks"]
+        assert 0 < inc["records"] < 0.1 * full["records"]
