@@ -15,18 +15,21 @@ from bench.stack import set_airflow_env
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAMES = {"full": "1", "incremental": "2", "nochange": "3", "media": "4", "full100k": "5", "window": "6",
-         "celery": "7", "reconcile": "9"}
+         "celery": "7", "million": "8", "reconcile": "9", "parse": "10"}
+DEFAULT = ("1", "2", "3", "4", "5", "6", "9", "10")
 HELP = ("scenarios: 1/full (10,000 listings), 2/incremental (1%% changed), 3/nochange, 4/media (2,000 photos), "
         "5/full100k (100,000 listings), 6/window (row cap 2,500, Offset ignored), 7/celery (media stage through "
-        "the Celery stack, 1 vs 2 workers, 500 listings x 8 photos; runs only when named), 9/reconcile (a key "
-        "reconciliation of 100,000 listings vs their full sync); default: 1-6 and 9")
+        "the Celery stack, 1 vs 2 workers, 500 listings x 8 photos; runs only when named), 8/million (1,000,000 "
+        "records of every status over RETS and RESO, the RSS at a tenth of that, PostgreSQL space per record, then an "
+        "incremental run; runs only when named), 9/reconcile (a key reconciliation of 100,000 listings vs their full "
+        "sync), 10/parse (DagBag of dags/ with 1, 100 and 500 provider YAMLs, cold and warm); default: 1-6, 9 and 10")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench", description=HELP)
     ap.add_argument("scenarios", nargs="*", help="scenario numbers or names (default: all)")
     ap.add_argument("--listings", type=int, help="listings for the selected scenarios "
-                    "(default 10,000 for 1-3, 100,000 for 5, 6 and 9, 500 for 7)")
+                    "(default 10,000 for 1-3, 100,000 for 5, 6 and 9, 500 for 7, 1,000,000 for 8)")
     ap.add_argument("--photos", type=int, default=2000, help="photos for scenario 4 (default 2,000)")
     ap.add_argument("--providers", default="demo_rets,demo_reso", help="providers for scenarios 1-3")
     ap.add_argument("--photos-per-listing", type=int, default=8, help="photos per listing for scenario 7 (default 8)")
@@ -38,16 +41,25 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--peer-only", action="store_true", help="scenarios 1/5: only the `rets` peer comparison "
                     "at their sizes (no sync)")
     ap.add_argument("--repeat", type=int, help="engine-only full syncs (each with its floor) per provider; the "
-                    "median ratio is quoted (default 5 for scenario 1, 1 for scenario 5)")
+                    "median ratio is quoted (default 5 for scenario 1, 1 for scenario 5); for 10, parses per point "
+                    "(default 3)")
+    ap.add_argument("--parse-sizes", default="1,100,500", help="provider counts of scenario 10's curve "
+                    "(default 1,100,500)")
     ap.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     a = ap.parse_args(argv)
     picked = []
-    for s in a.scenarios or ["1", "2", "3", "4", "5", "6", "9"]:
+    for s in a.scenarios or DEFAULT:
         s = NAMES.get(s, s)
         if s not in NAMES.values():
             ap.error(f"unknown scenario {s!r}; {HELP}")
         picked.append(s)
-    a.selected = sorted(set(picked))
+    a.selected = sorted(set(picked), key=int)
+    try:
+        a.parse_sizes = tuple(sorted({int(x) for x in a.parse_sizes.split(",") if x.strip()}))
+    except ValueError:
+        ap.error(f"--parse-sizes: comma-separated provider counts, not {a.parse_sizes!r}")
+    if not a.parse_sizes or min(a.parse_sizes) < 1:
+        ap.error("--parse-sizes: at least one count, each >= 1")
     return a
 
 
@@ -85,6 +97,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                          profile=a.profile, dag=not a.no_dag, peer=not a.no_peer)
             stack.enter_context(b.stack)
             out = b.results
+            # 10 first: the DagBag children measure CPU, best taken before the syncs warm the machine
+            if "10" in sel:
+                from bench.parse_curve import parse_scenario
+
+                print(f"== scenario 10: DAG parse curve, {', '.join(map(str, a.parse_sizes))} providers", flush=True)
+                out.append(parse_scenario(b, a.parse_sizes, a.repeat or 3))
             if a.peer_only:
                 for s in sorted(sel & {"1", "5"}):
                     n = a.listings or (10_000 if s == "1" else 100_000)
@@ -135,6 +153,12 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     if "9" in sel:  # last: it changes the mock
                         print("-- 9 key reconciliation demo_rets", flush=True)
                         out += sc.reconciliation(b, mock, n)
+            if "8" in sel:
+                from bench.million import million
+
+                n8 = a.listings or 1_000_000
+                print(f"== scenario 8: {n8:,} listings of every status, {', '.join(providers)}", flush=True)
+                out += million(b, n8, providers)
             if sel & {"2", "3"}:
                 n = a.listings or 10_000
                 print(f"== scenarios {sorted(sel & {'2', '3'})}: mock MLS with {n:,} listings", flush=True)

@@ -84,6 +84,9 @@ def table(results: list[dict[str, Any]]) -> str:
                      "per wall second):")
         lines += [f"  {s} {label}: " + ", ".join(f"{k} {v:.2f}" for k, v in by.items() if v >= 0.01)
                   for s, label, by in cpu]
+    for r in results:  # a scenario's own table (10's parse curve)
+        if r.get("text") and not r.get("error"):
+            lines += ["", r["text"]]
     notes = [(r["scenario"], r["label"], n) for r in results for n in r.get("notes", [])]
     if notes:
         lines.append("")

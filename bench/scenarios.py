@@ -388,6 +388,39 @@ def _fetched_modified_at(b: Bench, provider: str, sync_id: int, keys: set[str]) 
     return {k: mapper.map_columns(payload, {"mls_modified_at"}).get("mls_modified_at") for k, payload in rows}
 
 
+def changed_then_incremental(b: Bench, mock: Mock, res: dict[str, Any], provider: str, listings: int,
+                             conf: dict[str, Any], *, tag: str | None = None, store: Any = None
+                             ) -> tuple[bool, set[str], set[str]]:
+    """1 % of the mock's listings changed, then an incremental run: whether it fetched only what
+    changed (plus the overlap window), what it fetched and what it had to; `res["checks"]` says how."""
+    mix = mutation_mix(listings)
+    changed = mock.control("mutate", **mix)
+    res["mutations"] = {k: len(v) for k, v in changed.items()}
+    out = engine_sync(b, mock, res, provider, conf, tag=tag, store=store)
+    sid = out["plan"]["sync_id"]
+    if out["plan"]["mode"] != "incremental":
+        raise RuntimeError(f"expected an incremental run, the plan says {out['plan']['mode']!r} "
+                           "(no watermark: did the full sync before it fail?)")
+    all_changed = {k for v in changed.values() for k in v}
+    expected = all_changed - set(changed.get("remove", []))
+    got = runner.fetched_keys(b.db_url, provider, sid)
+    missing = expected - got
+    extra = got - all_changed
+    since = out["plan"].get("since")
+    mods = _fetched_modified_at(b, provider, sid, extra)
+    since_dt = datetime.fromisoformat(since) if since else None
+    outside = sorted(k for k in extra if not (since_dt and mods.get(k) and mods[k] >= since_dt))
+    res["checks"] = {"changed": len(all_changed), "expected_fetch": len(expected), "fetched": len(got),
+                     "missing": len(missing), "extra_in_overlap": len(extra) - len(outside),
+                     "extra_outside_overlap": len(outside), "since": since,
+                     "removed_not_served": len(changed.get("remove", []))}
+    if missing:
+        res["notes"].append(f"changed but not fetched: {sorted(missing)[:5]}")
+    if outside:
+        res["notes"].append(f"fetched though unchanged and older than the overlap: {outside[:5]}")
+    return not missing and not outside, got, expected
+
+
 def incremental(b: Bench, mock: Mock, provider: str, listings: int) -> dict[str, Any]:
     res, conf, photos = _incremental_run(b, "2", "incremental after 1% changed", provider, listings)
 
@@ -396,32 +429,9 @@ def incremental(b: Bench, mock: Mock, provider: str, listings: int) -> dict[str,
             res["baseline_photo_state_seeded"] = photos_current(b, provider)
             res["notes"].append("baseline: records-only full sync with its photo state marked current "
                                 f"({res['baseline_photo_state_seeded']:,} listings), see photos_current()")
-        mix = mutation_mix(listings)
-        changed = mock.control("mutate", **mix)
-        res["mutations"] = {k: len(v) for k, v in changed.items()}
-        out = engine_sync(b, mock, res, provider, conf, tag=f"s2-{provider}", store=b.store() if photos else None)
-        sid = out["plan"]["sync_id"]
-        if out["plan"]["mode"] != "incremental":
-            raise RuntimeError(f"expected an incremental run, the plan says {out['plan']['mode']!r} "
-                               "(no watermark: did the full sync before it fail?)")
-        all_changed = {k for v in changed.values() for k in v}
-        expected = all_changed - set(changed.get("remove", []))
-        got = runner.fetched_keys(b.db_url, provider, sid)
-        missing = expected - got
-        extra = got - all_changed
-        since = out["plan"].get("since")
-        mods = _fetched_modified_at(b, provider, sid, extra)
-        since_dt = datetime.fromisoformat(since) if since else None
-        outside = sorted(k for k in extra if not (since_dt and mods.get(k) and mods[k] >= since_dt))
-        res["checks"] = {"changed": len(all_changed), "expected_fetch": len(expected), "fetched": len(got),
-                         "missing": len(missing), "extra_in_overlap": len(extra) - len(outside),
-                         "extra_outside_overlap": len(outside), "since": since,
-                         "removed_not_served": len(changed.get("remove", []))}
-        if missing:
-            res["notes"].append(f"changed but not fetched: {sorted(missing)[:5]}")
-        if outside:
-            res["notes"].append(f"fetched though unchanged and older than the overlap: {outside[:5]}")
-        only_changed = not missing and not outside
+        store = b.store() if photos else None
+        only_changed, got, expected = changed_then_incremental(b, mock, res, provider, listings, conf,
+                                                               tag=f"s2-{provider}", store=store)
         records_s = round(sum(v for k, v in res["stage_walls"].items() if k != "media"), 3)
         res["records_stages_seconds"] = records_s
         res["targets"].append(target("wall", res["wall_seconds"] < 15, res["wall_seconds"], "< 15 s"))

@@ -115,6 +115,10 @@ class Mock:
     def counters(self) -> dict[str, Any]:
         return self.control("counters")
 
+    def point_at(self) -> None:
+        """The demo connections (AIRFLOW_CONN_MLS_DEMO_*) to this mock, when another one runs too."""
+        os.environ.update(mls_connections(self.url, self.credentials))
+
 
 @contextmanager
 def mock_mls(listings: int, *, photos_per_listing: int = 2, seed: int = 1, stored_photos: bool = False,
@@ -129,8 +133,8 @@ def mock_mls(listings: int, *, photos_per_listing: int = 2, seed: int = 1, store
         if stored_photos:
             args += ["--photo-dir", str(Path(tmp) / "photos")]
         with mock_mls_process(*args, data_dir=Path(tmp), timeout=300) as proc:
-            os.environ.update(mls_connections(proc["url"], proc["credentials"]))
             mock = Mock(proc["url"], proc["credentials"], proc["pid"], listings)
+            mock.point_at()
             if settings:
                 mock.control("configure", **settings)
             yield mock

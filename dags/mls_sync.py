@@ -26,6 +26,7 @@ from airflow.sdk import (
     get_parsing_context,
     task,
 )
+from airflow.sdk.definitions.param import ParamsDict
 from mls_sync.config import ConfigError, ProviderConfig, load_providers, status_dag_id, sync_dag_id
 from mls_sync.run_options import PARAM_SCHEMAS
 from mls_sync_airflow import callbacks
@@ -42,6 +43,25 @@ PARAM_DIALECT = "http://json-schema.org/draft-07/schema#"
 def run_params() -> dict[str, Param]:
     """The trigger form: one Param per run option (mls_sync.run_options), in the cheaper dialect."""
     return {name: Param(**{"$schema": PARAM_DIALECT, **schema}) for name, schema in PARAM_SCHEMAS.items()}
+
+
+@functools.cache
+def _run_params_valid() -> bool:
+    """Every default of the trigger form fits its schema (raises ParamValidationError otherwise).
+
+    Checked once per parse: the form is the same for every provider, and Airflow checking it on
+    each scheduled DAG (jsonschema checks the schema itself against its dialect on every call) was
+    a fifth of the per-provider parse cost.
+    """
+    ParamsDict(run_params()).validate()
+    return True
+
+
+def attach_run_params(built: DAG) -> None:
+    """The trigger form onto a built DAG, as `built.params = run_params()` would after its check."""
+    _run_params_valid()
+    # what DAG's own params converter does; the check it skips is the one just made
+    object.__setattr__(built, "params", ParamsDict(run_params()))
 
 
 def properties_asset(provider_id: str) -> Asset:
@@ -161,8 +181,13 @@ def build_sync_dag(cfg: ProviderConfig) -> DAG:
     # The trigger form's Params go on the DAG once its tasks exist: Airflow deep-copies a DAG's
     # params into every task created after them (4 copies per task, 32 per provider: a third of
     # the file's parse time), and tasks read the DAG's params at run time anyway (process_params).
-    built.params = run_params()
+    attach_run_params(built)
     return built
+
+
+@task
+def poll_status(**context: Any) -> dict[str, Any]:
+    return run.status_poll(_provider_id(), context)
 
 
 def build_status_dag(cfg: ProviderConfig) -> DAG:
@@ -177,11 +202,7 @@ def build_status_dag(cfg: ProviderConfig) -> DAG:
         is_paused_upon_creation=_paused_at_creation(cfg),
     )
     def status() -> None:
-        @task(outlets=[status_asset(pid)])
-        def poll_status(**context: Any) -> dict[str, Any]:
-            return run.status_poll(pid, context)
-
-        poll_status()
+        poll_status.override(outlets=[status_asset(pid)])()
 
     return status()
 

@@ -97,10 +97,32 @@ class FilterTranslator:
         return False
 
     def _or(self) -> str:
+        start = len(self.params)
         parts = [self._and()]
         while self._keyword("or"):
             parts.append(self._and())
-        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+        if len(parts) == 1:
+            return parts[0]
+        sql = "(" + " OR ".join(parts) + ")"
+        return self._keyset_bound(parts, start, sql)
+
+    def _keyset_bound(self, parts: list[str], start: int, sql: str) -> str:
+        """A keyset page's `M gt X or (M eq X and K gt Y)` gets `M >= X AND` in front.
+
+        The same rows (both branches imply it), but SQLite can start the index range there: with
+        the OR alone it walked the index from its first entry on every page, so a 1,000,000-row
+        walk cost time quadratic in its length (1.3 s a page at row 200,000).
+        """
+        first = re.fullmatch(r"(\S+) > \?", parts[0]) if len(parts) == 2 else None
+        # the second branch a plain conjunction (no OR, no NOT) whose first term is `M = ?`
+        if not (first and " OR " not in parts[1] and "NOT " not in parts[1]
+                and parts[1].lstrip("(").startswith(f"{first.group(1)} = ? AND ")):
+            return sql
+        low, eq = self.params[start], self.params[start + 1]
+        if low is None or eq is None or type(low) is not type(eq):
+            return sql
+        self.params.insert(start, min(low, eq))
+        return f"({first.group(1)} >= ? AND {sql})"
 
     def _and(self) -> str:
         parts = [self._not()]

@@ -83,3 +83,55 @@ def test_bench_peer_pairs_walk_the_same_pages(tmp_path) -> None:
     # listed in the order they ran, the quoted pair marked
     [quoted] = [r for r in res["repeats"] if r.get("median")]
     assert quoted["ratio"] == ratios[2] and quoted["ours_seconds"] == round(ours["seconds"], 3)
+
+
+def test_bench_parse_curve_small(tmp_path) -> None:
+    """Scenario 10 at 1 and 3 providers: every parse builds each provider's two DAGs (and the
+    maintenance DAG), cold and warm, and the curve is printed."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    cmd = [sys.executable, "-m", "bench", "10", "--parse-sizes", "1,3", "--repeat", "1", "--results-dir",
+           str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    [res] = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    assert res["error"] is None, res.get("traceback")
+    assert res["scenario"] == "10" and res["path"] == "parse"
+    points = {(p["providers"], p["mode"]): p for p in res["parse_curve"]}
+    assert set(points) == {(1, "cold"), (1, "warm"), (3, "cold"), (3, "warm")}
+    for (n, _), p in points.items():
+        assert p["dags"] == p["expected_dags"] == 2 * n + 1 and p["import_errors"] == [], p
+        assert p["files"]["mls_sync.py"]["dags"] == 2 * n
+        assert p["cpu_seconds"] > 0 and p["wall_seconds"] > 0
+        assert p["cache_written"]  # the warm parse had the cold one's config cache to read
+    assert set(res["marginal_ms_per_provider"]) == {"cold", "warm"}
+    assert [t["status"] for t in res["targets"] if "DAGs built" in t["name"]] == ["PASS"]
+    assert "Parse curve" in proc.stdout and "marginal (warm)" in proc.stdout
+
+
+@pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),
+                    reason="needs the PostgreSQL on 127.0.0.1:5432")
+def test_bench_million_at_a_tiny_size(tmp_path) -> None:
+    """Scenario 8's code paths at 2,000 listings: per protocol a reference sync at a tenth, the full
+    sync of every status with its floor and space per record, then an incremental run."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
+    cmd = [sys.executable, "-m", "bench", "8", "--listings", "2000", "--results-dir", str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    assert [(r["provider"], r["listings"]) for r in results] == [
+        ("demo_rets", 200), ("demo_rets", 2000), ("demo_rets", 2000),
+        ("demo_reso", 200), ("demo_reso", 2000), ("demo_reso", 2000)]
+    for r in results:
+        assert r["scenario"] == "8" and r["error"] is None, r.get("traceback")
+    for ref, full, inc in (results[:3], results[3:]):
+        # every status, not only the active-ish ~72 % a default full sync asks for
+        assert full["records"] > 0.95 * 2000 and ref["records"] > 0.95 * 200
+        assert full["floor"]["rows"] == full["counts"]["added"] == full["space"]["records"]
+        assert full["space"]["tables"]["properties"]["index_bytes"] > 0
+        assert full["space"]["per_record_bytes"] > 0
+        assert full["ratios"]["full_sync_vs_floor"] > 0 and full["ratios"]["peak_rss_vs_tenth"] > 0
+        assert full["checks"]["peak_rss_reference_mb"] == ref["peak_rss_ours_mb"]
+        assert {t["name"] for t in full["targets"]} >= {"wall", "engine-only vs floor", "peak RSS of our processes"}
+        # the incremental run fetched what changed and nothing older than its overlap window
+        assert inc["checks"]["missing"] == 0 and inc["checks"]["extra_outside_overlap"] == 0, inc["checks"]
+        assert 0 < inc["records"] < 0.1 * full["records"]

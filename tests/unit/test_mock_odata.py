@@ -98,3 +98,25 @@ def test_odata_4_0_refuses_in() -> None:
         FilterTranslator(PROPERTY_COLUMNS, version="4.0").translate("City in ('Austin')")
     assert FilterTranslator(PROPERTY_COLUMNS, version="4.0").translate("City eq 'Austin' or City eq 'A'")[1] == [
         "Austin", "A"]
+
+
+def test_keyset_page_filter_starts_the_index_range_at_its_timestamp() -> None:
+    """`M gt T or (M eq T and K gt 'k')` (a keyset page): the same rows as the OR alone, and
+    SQLite searches the (M, K) index from T instead of walking it from its first entry, which made
+    a 1,000,000-listing walk quadratic."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute('CREATE TABLE l ("ListingKey", "ModificationTimestamp", InFeed)')
+    conn.execute('CREATE INDEX ix_mod ON l ("ModificationTimestamp", "ListingKey")')
+    t0 = 1_700_000_000_000
+    conn.executemany("INSERT INTO l VALUES (?, ?, 1)", [(f"K{i:04d}", t0 + (i // 10) * 1000) for i in range(500)])
+    text = "ModificationTimestamp gt 2023-11-14T22:13:30Z or (ModificationTimestamp eq 2023-11-14T22:13:30Z " \
+           "and ListingKey gt 'K0104')"
+    sql, params = FilterTranslator(PROPERTY_COLUMNS).translate(text)
+    page = f"SELECT l.ListingKey FROM l WHERE {sql} ORDER BY l.ModificationTimestamp, l.ListingKey"
+    got = [r[0] for r in conn.execute(page, params)]
+    assert got == [f"K{i:04d}" for i in range(105, 500)]
+    plan = " ".join(r[-1] for r in conn.execute(f"EXPLAIN QUERY PLAN {page}", params))
+    assert "SEARCH l USING" in plan and "ModificationTimestamp>?" in plan.replace(" ", ""), plan
+    # an OR of anything else is left as it was
+    sql, params = FilterTranslator(PROPERTY_COLUMNS).translate("ListPrice gt 1 or ListingKey eq 'A'")
+    assert ">=" not in sql and sql.count("?") == len(params) == 2

@@ -73,9 +73,10 @@ def to_fetch(conn: Connection, t: Tables, provider_id: str, sync_id: int) -> dic
     differ = sa.except_(listed, held).subquery()
     keys = sorted(conn.execute(sa.except_(sa.select(differ.c.listing_key), _landed(t, provider_id, sync_id)))
                   .scalars())
-    present = set(conn.execute(sa.select(p.c.listing_key).where(
-        p.c.provider_id == provider_id, p.c.deleted_at.is_(None), bulk.any_of(p.c.listing_key, keys))).scalars()
-        ) if keys else set()
+    # live ones picked here, not with `deleted_at IS NULL` in SQL: see properties.remove_listings
+    present = {key for key, deleted_at in conn.execute(sa.select(p.c.listing_key, p.c.deleted_at).where(
+        p.c.provider_id == provider_id, bulk.any_of(p.c.listing_key, keys))) if deleted_at is None
+        } if keys else set()
     return {"missing": [key for key in keys if key not in present], "stale": [key for key in keys if key in present]}
 
 
