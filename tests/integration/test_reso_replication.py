@@ -178,7 +178,7 @@ def test_check_and_metadata(mls: Any) -> None:
     assert facts["count"] == LISTINGS and facts["auth"] == "oauth2 client credentials"
     meta = src.metadata()
     names = {e["name"]: e for e in meta["entity_types"]}
-    assert set(names) == {"Property", "Media"}
+    assert set(names) == {"Property", "Media", "Member", "Office", "OpenHouse"}  # the roster too
     props = {p["name"]: p["type"] for p in names["Property"]["properties"]}
     assert props["ModificationTimestamp"] == "Edm.DateTimeOffset" and props["ListingKey"] == "Edm.String"
 

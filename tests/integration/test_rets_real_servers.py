@@ -251,7 +251,7 @@ def test_metadata_whole_tree_foreign_keys_and_reply_codes(mock_mls_factory: Any)
     with pytest.raises(QueryError, match="20501"):
         src._get_metadata("NOT_A_TYPE", "0")
     with pytest.raises(QueryError, match="20500"):
-        src._get_metadata("CLASS", "Agent")
+        src._get_metadata("CLASS", "Tax")  # Agent, Office and OpenHouse exist: the roster
     s = rets_login(mls)
     url = f"{mls.url}/rets/getmetadata"
     fk = s.get(url, params={"Type": "METADATA-FOREIGNKEYS", "ID": "0"}, timeout=10).text
