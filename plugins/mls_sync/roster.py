@@ -23,7 +23,6 @@ What each resource fetched, wrote and deleted is the run's `report.roster`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, tzinfo
 from typing import Any
@@ -143,8 +142,11 @@ class ResourceSync:
             out["read_verified"] = self.verified
         reconciled = self.plan["mode"] in ("full", "reconcile")
         if reconciled:
-            extra["request"] = {"resource": self.kind, "search": "keys and modification times"}
-            out["reconcile"] = self.reconcile()
+            # a full walk this process read whole already lists every key: no second walk for them
+            whole = full and not mine and self.plan["mode"] == "full"
+            extra["request"] = {"resource": self.kind,
+                                "search": "keys held but not walked" if whole else "keys and modification times"}
+            out["reconcile"] = self.reconcile(self.walked if whole else None)
         with self.ctx.db.begin() as c:
             out.update(self.counts, mode="full" if full else "incremental", since=since.isoformat() if since else None,
                        store_count=roster_store.count_live(c, t, p.provider_id, self.kind), sync_id=self.sid)
@@ -217,9 +219,35 @@ class ResourceSync:
         if keyless:
             log.warning("%s: %d %s record(s) without %s (rejected)", STAGE, keyless, self.kind, self.key_field)
 
-    def reconcile(self) -> dict[str, int]:
-        """The MLS's keys and times against the table: fetch what is missing or stale, delete what is gone."""
+    def reconcile(self, walked: set[str] | None) -> dict[str, int]:
+        """The MLS's keys and times against the table: fetch what is missing or stale, delete what
+        is gone. `walked`: every key a whole (full) walk just read and wrote, which stands for the
+        key walk. Rows the list lacks are asked for by key before they are deleted, as listings are:
+        a key list cut short (a server capping rows without saying so) deletes nothing it missed."""
         p, t = self.ctx.provider, self.ctx.t
+        with self.ctx.db.connect() as c:
+            held = roster_store.live(c, t, p.provider_id, self.kind)
+        if walked is not None:
+            listed = dict.fromkeys(walked)
+            missing: list[str] = []
+            stale: list[str] = []
+        else:
+            listed = self._key_walk()
+            missing = sorted(k for k in listed if k not in held)
+            stale = sorted(k for k in listed if k in held and held[k] != listed[k])
+        candidates = sorted(k for k in held if k not in listed)
+        self._refetch(missing + stale)
+        still = self._refetch(candidates)
+        gone = [k for k in candidates if k not in still]
+        with self.ctx.db.begin() as c:
+            deleted = roster_store.mark_deleted(c, t, p.provider_id, self.kind, gone, self.sid)
+            runs.add_counts(c, t, self.sid, {"requests": self.meter.take()})
+        self.counts["deleted"] += deleted
+        return {"mls_count": len(listed) + len(still), "store_count_before": len(held), "missing": len(missing),
+                "stale": len(stale), "gone": len(gone), "refreshed": len(still)}
+
+    def _key_walk(self) -> dict[str, Any]:
+        """key -> modification time of every live record the MLS lists, checked against its count."""
         roles = self.res.roles()
         modified_of = self.mapper.column_reader("mls_modified_at")
         listed: dict[str, Any] = {}
@@ -235,21 +263,14 @@ class ResourceSync:
                     listed[key] = modified_of(rec)
             last = page.cursor
         self.verify(criteria, last, {"keys": len(read), "keyless": keyless}, "key walk")
-        with self.ctx.db.connect() as c:
-            held = roster_store.live(c, t, p.provider_id, self.kind)
-        missing = sorted(k for k in listed if k not in held)
-        stale = sorted(k for k in listed if k in held and held[k] != listed[k])
-        gone = sorted(k for k in held if k not in listed)
-        self._refetch(missing + stale)
-        with self.ctx.db.begin() as c:
-            deleted = roster_store.mark_deleted(c, t, p.provider_id, self.kind, gone, self.sid)
-            runs.add_counts(c, t, self.sid, {"requests": self.meter.take()})
-        self.counts["deleted"] += deleted
-        return {"mls_count": len(listed), "store_count_before": len(held), "missing": len(missing),
-                "stale": len(stale), "gone": len(gone)}
+        return listed
 
-    def _refetch(self, keys: Iterable[str]) -> None:
-        keys = list(keys)
+    def _refetch(self, keys: list[str]) -> set[str]:
+        """Fetch these keys and write what comes back; returns the keys the MLS still has live."""
+        live: set[str] = set()
         for page in pages_for_keys(self.view, keys):
             self.write(page.records, self._walked())
+            live.update(k for rec in page.records
+                        if (k := _key_of(self.key_field, rec)) and not raw_store.is_deleted(rec))
+        return live
 

@@ -18,3 +18,8 @@ def context(mls: Any, db: sa.Engine, provider: str, **changes: Any) -> sync.Sync
         cfg = ProviderConfig.model_validate({**cfg.model_dump(by_alias=True), **changes})
     env = mls_connections(mls.url, mls.credentials)
     return sync.SyncContext(provider=cfg, db=db, mls=connections.from_env(cfg.connection_id, env))
+
+
+def mls_listings_in(mls: Any, statuses: Any) -> dict[str, dict[str, Any]]:
+    """The mock's listings (key -> record) whose StandardStatus is one of `statuses`."""
+    return {key: rec for key in mls.all_keys() if (rec := mls.listing(key))["StandardStatus"] in statuses}

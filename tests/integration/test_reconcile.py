@@ -18,7 +18,7 @@ from mls_sync import sync
 from mls_sync.store import properties as prop_store
 from mls_sync.store.tables import tables
 
-from tests.integration.engine_runs import context
+from tests.integration.engine_runs import context, mls_listings_in
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +41,7 @@ def _store(db: sa.Engine, provider: str) -> dict[str, dict[str, Any]]:
 
 
 def _mls_scope(mls: Any) -> dict[str, dict[str, Any]]:
-    out = {}
-    for key in mls.all_keys():
-        rec = mls.listing(key)
-        if rec["StandardStatus"] in SCOPE:
-            out[key] = rec
-    return out
+    return mls_listings_in(mls, SCOPE)
 
 
 def _differences(db: sa.Engine, mls: Any, provider: str) -> list[str]:

@@ -170,3 +170,40 @@ def test_a_roster_walk_cut_short_fails_and_keeps_its_watermark(mock_mls_factory,
     assert roster["member"]["fetched"] >= 30 and roster["member"]["updated"] == 20
     _matches_mls(db, mls, provider)
     assert _watermarks(db, provider)["member"] > before["member"]
+
+
+@pytest.mark.parametrize("provider", ["demo_rets"])
+def test_a_key_list_that_lacks_a_live_row_deletes_nothing_and_a_full_run_needs_no_key_walk(
+        mock_mls_factory, db, monkeypatch, provider) -> None:
+    """A server that caps a key list silently (no MAXROWS, no count) hands the reconciliation a list
+    without some rows it still has: those are asked for by key and kept, never deleted. A full run's
+    own walk already listed every key, so it sends no key walk, and still deletes what is gone."""
+    from mls_sync import roster as roster_mod
+
+    mls = mock_mls_factory(listings=80, seed=7, photos_per_listing=1)
+    ctx = context(mls, db, provider)
+    _run(ctx, mode="full")
+    kept = mls.roster_keys("Member")[0]
+    real_walk = roster_mod.ResourceSync._key_walk
+
+    def capped(self: roster_mod.ResourceSync) -> dict[str, Any]:
+        listed = real_walk(self)
+        if self.kind == "member":
+            listed.pop(kept)  # the row the server left out of its list
+        return listed
+
+    monkeypatch.setattr(roster_mod.ResourceSync, "_key_walk", capped)
+    roster, run = _run(ctx, mode="reconcile")
+    assert run["state"] == "success"
+    assert roster["member"]["reconcile"]["gone"] == 0 and roster["member"]["reconcile"]["refreshed"] == 1
+    assert roster["member"]["deleted"] == 0 and kept in _held(db, provider, "member")
+    monkeypatch.undo()
+
+    removed = mls.mutate(member_remove=1)["member_remove"][0]
+    mls.reset_counters()
+    roster, run = _run(ctx, mode="full")
+    assert run["state"] == "success"
+    assert roster["member"]["reconcile"]["gone"] == 1 and removed not in _held(db, provider, "member")
+    _matches_mls(db, mls, provider)
+    # each roster row served once, by the full walk: no key walk served them a second time
+    assert mls.counters()["roster_rows_served"] == sum(len(mls.roster_keys(r)) for _t, _k, r in TABLES.values())

@@ -16,6 +16,7 @@ from mls_sync.store import properties as prop_store
 from mls_sync.store.tables import tables
 
 from tests.integration.dagrun import last_run, point_at, rows, run_dag, scalar, task_states
+from tests.integration.engine_runs import mls_listings_in
 
 pytestmark = [pytest.mark.integration, pytest.mark.airflow]
 
@@ -30,12 +31,7 @@ def mls(mock_mls_factory, db, db_url, tmp_path):
 
 
 def _expected_active(mls) -> dict[str, dict]:
-    out = {}
-    for k in mls.all_keys():
-        rec = mls.listing(k)
-        if rec["StandardStatus"] in ACTIVE_STATUSES:
-            out[k] = rec
-    return out
+    return mls_listings_in(mls, ACTIVE_STATUSES)
 
 
 def _ts(value: str) -> datetime:
