@@ -11,7 +11,7 @@ import functools
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -61,6 +61,17 @@ class _Target(_Strict):
     required: bool = False
     lookup: dict[str, str] | None = None  # code -> label, for type: lookup (overrides metadata)
     separator: str = ","  # for type: list
+
+
+TargetT = TypeVar("TargetT", bound=_Target)
+
+
+def field_items(fields: dict[str, TargetT | list[TargetT]]) -> list[tuple[str, TargetT]]:
+    """(MLS field, target) pairs of a `fields:` mapping in YAML order (one field may feed several)."""
+    out: list[tuple[str, TargetT]] = []
+    for name, t in fields.items():
+        out.extend((name, x) for x in (t if isinstance(t, list) else [t]))
+    return out
 
 
 class RosterField(_Target):
@@ -251,11 +262,7 @@ class RosterResource(_Strict):
     fields: dict[str, RosterField | list[RosterField]]
 
     def field_items(self) -> list[tuple[str, RosterField]]:
-        """(MLS field, target) pairs in YAML order."""
-        out: list[tuple[str, RosterField]] = []
-        for name, t in self.fields.items():
-            out.extend((name, x) for x in (t if isinstance(t, list) else [t]))
-        return out
+        return field_items(self.fields)
 
     def roles(self) -> SourceFields:
         return SourceFields(key=self.source_fields.key, modified=self.source_fields.modified)
@@ -366,17 +373,10 @@ class ProviderConfig(_Strict):
         return self
 
     def targets(self) -> list[FieldTarget]:
-        out: list[FieldTarget] = []
-        for t in self.fields.values():
-            out.extend(t if isinstance(t, list) else [t])
-        return out
+        return [t for _, t in field_items(self.fields)]
 
     def field_items(self) -> list[tuple[str, FieldTarget]]:
-        """(MLS field, target) pairs in YAML order."""
-        out: list[tuple[str, FieldTarget]] = []
-        for name, t in self.fields.items():
-            out.extend((name, x) for x in (t if isinstance(t, list) else [t]))
-        return out
+        return field_items(self.fields)
 
     def select_fields(self) -> tuple[str, ...]:
         """The server fields a sync needs (mapped + roles), when the YAML asks to fetch only those.
