@@ -9,9 +9,10 @@ listings (a view of its session: one login, one rate budget, one request count):
 2. check the walk against the server's own count (RESO `$count` at the walk's cut), as the
    listings' fetch is: fewer distinct records than the server counts fails the stage with both
    numbers (IncompleteRead) and the resource's watermark stays where it was;
-3. on a full or reconciling run, walk its keys and modification times (checked against the count
-   the same way: a key walk cut short must not delete what it did not see), fetch by key what is
-   missing here or held with another time, and soft-delete what the MLS no longer lists;
+3. on a reconciling run, walk its keys and modification times (checked against the count the same
+   way) and fetch by key what is missing here or held with another time; on a full run its own
+   whole walk is that list. Rows held that the list lacks are asked for by key, and only those the
+   MLS no longer has are soft-deleted: a list cut short deletes nothing it did not see;
 4. move the resource's watermark past what was stored, only once the writes committed.
 
 A resource whose read falls short does not stop the others: each is synced, then the stage fails
