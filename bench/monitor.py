@@ -41,7 +41,8 @@ def _backends_of(postmaster: psutil.Process, database: str) -> list[psutil.Proce
     out = []
     for proc in postmaster.children():
         with contextlib.suppress(psutil.Error):
-            if database in proc.cmdline()[0].split():
+            cmdline = proc.cmdline()  # [] while a backend is exiting (its memory gone, not yet a zombie)
+            if cmdline and database in cmdline[0].split():
                 out.append(proc)
     return out
 
@@ -184,7 +185,11 @@ class RssMonitor:
     def _send(self, *msg: Any) -> None:
         if self._conn is None:
             raise RuntimeError("RssMonitor.start() first")
-        self._conn.send(msg)
+        try:
+            self._conn.send(msg)
+        except OSError as exc:
+            raise RuntimeError(f"the RSS monitor process is gone (exit code {self._proc and self._proc.exitcode}); "
+                               "its traceback is on the bench's stderr") from exc
 
     def watch(self, pid: int, role: str) -> None:
         self._send("watch", pid, role)
@@ -213,7 +218,7 @@ class RssMonitor:
 
     def stop(self) -> None:
         if self._conn is not None:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(RuntimeError):  # already gone
                 self._send("stop")
             self._conn.close()
             self._conn = None
