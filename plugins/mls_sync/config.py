@@ -157,21 +157,11 @@ class Limits(_Strict):
     request_attempts: int = Field(5, ge=1, le=20)
     max_wait_seconds: float = Field(900, gt=0)
 
-    def budget(self, share: float = 1.0) -> Budget:
-        """The provider's budget, or one task's share of it (`share` = 1 / pool slots).
-
-        Up to `pool_slots` tasks of a provider run at once (mapped photo batches, the status
-        poll beside a sync), each with its own client; splitting the budget keeps their sum
-        within what the provider allows.
-        """
-        def part(v: float | int | None, integer: bool) -> float | int | None:
-            if v is None:
-                return None
-            return max(1, int(v * share)) if integer else v * share
-
-        return Budget(part(self.requests_per_second, False), part(self.requests_per_hour, True),
-                      part(self.requests_per_day, True), part(self.media_bytes_per_hour, True),
-                      self.max_wait_seconds)
+    def budget(self) -> Budget:
+        """The provider's whole budget: every task of the provider spends it together, through
+        the permits in the store (`mls_sync.shared_budget`)."""
+        return Budget(self.requests_per_second, self.requests_per_hour, self.requests_per_day,
+                      self.media_bytes_per_hour, self.max_wait_seconds)
 
 
 class Retry(_Strict):

@@ -114,18 +114,26 @@ class RateLimiter:
             return 0.0
         return self._bytes[0][0] + 3600 - now
 
+    def _try_take(self) -> float:
+        """Take a permit now (0.0), or say how many seconds until one fits."""
+        with self._lock:
+            now = self._clock()
+            delay = max(self._delay_for_request(now), self._delay_for_bytes(now))
+            if delay <= 0:
+                self._recent.append(now)
+                return 0.0
+            return delay
+
     def acquire(self) -> None:
         """Block until one more request fits every window; raise if that is too far away."""
         waited = 0.0
         while True:
-            with self._lock:
-                now = self._clock()
-                delay = max(self._delay_for_request(now), self._delay_for_bytes(now))
-                if delay <= 0:
-                    self._recent.append(now)
+            delay = self._try_take()
+            if delay <= 0:
+                with self._lock:
                     self.requests += 1
                     self.waited += waited
-                    return
+                return
             if waited + delay > self.budget.max_wait_seconds:
                 raise BudgetExhausted(
                     f"provider request budget exhausted: next request allowed in {delay:.0f}s, "

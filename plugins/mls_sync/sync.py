@@ -30,6 +30,7 @@ from mls_sync.limits import RateLimiter
 from mls_sync.mapping import Mapper, parse_time_zone
 from mls_sync.pipeline import Turn, Writer, prefetched, prompt_handoffs
 from mls_sync.run_options import RunOptions
+from mls_sync.shared_budget import SharedRateLimiter
 from mls_sync.sources import open_source
 from mls_sync.sources.base import Page, SearchCriteria, ServerError, Source
 from mls_sync.store import errors as err_store
@@ -69,9 +70,9 @@ class SyncContext:
         return self.mls
 
     def source(self) -> Source:
-        """A source whose client gets this task's share of the provider's request budget."""
-        limits = self.provider.limits
-        limiter = RateLimiter(limits.budget(share=1 / limits.pool_slots))
+        """A source whose client spends the provider's request budget, shared with every other
+        task of the provider through the store (`shared_budget`)."""
+        limiter = SharedRateLimiter(self.provider.limits.budget(), self.db, self.t, self.provider.provider_id)
         source = self.source_factory(self.provider, self.connection(), limiter)
         if hasattr(source, "metadata_cache"):
             source.metadata_cache = DbMetadataCache(self.db, self.t, self.provider.provider_id)

@@ -24,6 +24,12 @@ TABLES = {"member": ("members", "member_key", "Member"), "office": ("offices", "
           "open_house": ("open_houses", "open_house_key", "OpenHouse")}
 
 
+def _permits(db, provider: str) -> int:
+    with db.connect() as c:
+        return c.execute(sa.text("SELECT count(*) FROM mls_rate_permits WHERE provider_id = :p AND requests > 0"),
+                         {"p": provider}).scalar_one()
+
+
 def _listings(ctx: sync.SyncContext, mode: str) -> dict[str, Any]:
     """A run's plan with its listing stages done: what the roster stage follows."""
     plan = sync.plan(ctx, dag_id=None, dag_run_id=None, conf={"include_photos": False, "mode": mode},
@@ -92,10 +98,15 @@ def test_roster_syncs_incrementally_and_reconciles(mock_mls_factory, db, provide
         assert fetched == {"member": 1, "office": 1, "open_house": 0}
 
     mls.reset_counters()
+    permits_before = _permits(db, provider)
     roster, third = _run(ctx, mode="reconcile")
     assert third["state"] == "success"
     # every request the run made, the roster's included, is counted on it (one meter, one budget)
     served = mls.counters()["requests"]
+    # ... and took its permit from the provider's budget in the store, which every task shares
+    # (a RETS logout, best effort at the end of a session, waits for no permit)
+    budgeted = sum(n for name, n in served.items() if name != "rets:logout")
+    assert _permits(db, provider) - permits_before == budgeted, served
     searches = sum(n for name, n in served.items() if name == "rets:search" or (name.startswith("reso:")
                    and name != "reso:token"))
     assert third["requests"] >= searches, served

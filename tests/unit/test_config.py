@@ -88,16 +88,6 @@ def test_yaml_tags_cannot_run_code(tmp_path: Path) -> None:
         load_provider(p)
 
 
-def test_each_task_gets_its_share_of_the_provider_budget() -> None:
-    cfg = find_provider("demo_reso", MAPPINGS)
-    whole = cfg.limits.budget()
-    half = cfg.limits.budget(share=1 / cfg.limits.pool_slots)
-    assert cfg.limits.pool_slots == 2
-    assert half.per_second == whole.per_second / 2
-    assert half.per_hour == whole.per_hour // 2 and half.per_day == whole.per_day // 2
-    assert half.bytes_per_hour == whole.bytes_per_hour // 2
-
-
 def test_reso_selects_only_mapped_and_role_fields() -> None:
     reso = find_provider("demo_reso", MAPPINGS)
     select = reso.select_fields()

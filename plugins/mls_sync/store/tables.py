@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 TABLES = ("properties", "property_media", "property_status_history", "property_conflicts",
           "mls_sync_status", "mls_sync_history", "mls_sync_errors", "mls_raw_records", "property_media_sync",
           "mls_metadata_cache", "mls_sync_leases", "mls_reconcile_keys", "members", "offices", "open_houses",
-          "mls_resource_sync")
+          "mls_resource_sync", "mls_rate_permits")
 
 
 class Tables:
@@ -35,6 +35,7 @@ class Tables:
     property_media_sync: sa.Table
     mls_metadata_cache: sa.Table
     mls_reconcile_keys: sa.Table
+    mls_rate_permits: sa.Table
     mls_sync_leases: sa.Table
     members: sa.Table
     offices: sa.Table
