@@ -75,7 +75,9 @@ def test_sync_dag_maps_media_batches_and_maintenance_cleans(setup: Path, db: Any
     (media_root / stray).write_bytes(b"x")
     dr = run_dag("mls_media_maintenance", {})  # dry run by default
     assert str(dr.state) == "success", task_states(dr)
-    assert set(task_states(dr)) == {"cleanup_removed__demo_reso", "orphans__demo_reso"}
+    # one mapped pair per provider with media, labelled by provider
+    assert task_states(dr) == {"housekeeping.cleanup_removed[0]": "success", "housekeeping.orphans[0]": "success"}
+    assert sorted(ti.rendered_map_index for ti in dr.get_task_instances()) == ["demo_reso", "demo_reso"]
     assert files(media_root) == owned | {stray}
     dr = run_dag("mls_media_maintenance", {"dry_run": False})
     assert str(dr.state) == "success", task_states(dr)
