@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Iterable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import (
@@ -27,7 +29,15 @@ from airflow.sdk import (
     task,
 )
 from airflow.sdk.definitions.param import ParamsDict
-from mls_sync.config import ConfigError, ProviderConfig, load_providers, status_dag_id, sync_dag_id
+from mls_sync.config import (
+    ConfigError,
+    ProviderConfig,
+    load_provider,
+    load_providers,
+    mappings_dir,
+    status_dag_id,
+    sync_dag_id,
+)
 from mls_sync.run_options import PARAM_SCHEMAS
 from mls_sync_airflow import callbacks
 from mls_sync_airflow import tasks as run
@@ -256,15 +266,28 @@ def _provider_dags(cfg: ProviderConfig | ConfigError, provider_id: str) -> list[
         return [build_invalid_dag(provider_id, reason)]
 
 
+def _configs(wanted: str | None) -> Iterable[tuple[Path, ProviderConfig | ConfigError]]:
+    """Every provider's config, or, when a worker parses this file to run one task, only that
+    task's provider's: its YAML alone is read, however many providers there are."""
+    if not wanted:
+        return load_providers()
+    pid = run.provider_id_of(wanted)
+    path = mappings_dir() / f"{pid}.yaml"
+    if wanted not in (sync_dag_id(pid), status_dag_id(pid)) or not path.is_file():
+        return ()  # not a DAG of this file
+    try:
+        return ((path, load_provider(path)),)
+    except ConfigError as exc:
+        return ((path, exc),)
+
+
 def _build_all() -> dict[str, DAG]:
     wanted = get_parsing_context().dag_id
     out: dict[str, DAG] = {}
-    for path, cfg in load_providers():
+    for path, cfg in _configs(wanted):
         pid = path.stem
         if not ProviderConfig.valid_id(pid):
             continue  # no usable DAG id: dags/mls_provider_configs.py reports the file
-        if wanted and wanted not in (sync_dag_id(pid), status_dag_id(pid)):
-            continue  # a worker running one task parses only that DAG
         for d in _provider_dags(cfg, pid):
             out[d.dag_id] = d
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -103,3 +104,53 @@ def test_cli_list_import_errors_reports_none() -> None:
                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=240)
     assert out.returncode == 0, out.stdout + out.stderr
     assert not any(f in out.stdout for f in ("mls_sync.py", "mls_media_maintenance.py")), out.stdout
+
+
+def _bag_for_task(mappings: Path, dag_id: str, tmp_path: Path) -> dict:
+    """What dags/mls_sync.py defines when a worker parses it to run a task of `dag_id` (Airflow
+    sets the parsing context), in a process of its own: DAG ids, their docs, and the
+    provider YAMLs it read."""
+    code = ("import json, pathlib, sys\n"
+            "read, plain = [], pathlib.Path.read_text\n"
+            "def spy(self, *a, **k):\n"
+            "    if self.suffix in ('.yaml', '.yml'):\n"
+            "        read.append(self.name)\n"
+            "    return plain(self, *a, **k)\n"
+            "pathlib.Path.read_text = spy\n"
+            "from airflow.dag_processing.dagbag import DagBag\n"
+            "bag = DagBag(dag_folder=sys.argv[1])\n"
+            "print('BAG ' + json.dumps({'dags': {k: d.doc_md for k, d in sorted(bag.dags.items())},\n"
+            "                           'errors': sorted(bag.import_errors), 'read': read}))\n")
+    env = {**os.environ, "MLS_MAPPINGS_DIR": str(mappings), "_AIRFLOW_PARSING_CONTEXT_DAG_ID": dag_id,
+           "MLS_CONFIG_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "dags" / "mls_sync.py")], capture_output=True,
+                         text=True, env=env, cwd=ROOT, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    line = next(x for x in out.stdout.splitlines() if x.startswith("BAG "))
+    return json.loads(line[4:])
+
+
+def test_a_worker_reads_only_its_own_providers_yaml(tmp_path: Path) -> None:
+    """With hundreds of providers, each task start on a worker parses this file; it reads the
+    task's provider's YAML alone (a broken one of another provider is not even opened)."""
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    _broken_mappings(mappings)
+    bag = _bag_for_task(mappings, "mls_sync__demo_rets", tmp_path)
+    assert sorted(bag["dags"]) == ["mls_status__demo_rets", "mls_sync__demo_rets"] and bag["errors"] == []
+    assert bag["read"] == ["demo_rets.yaml"]
+    bag = _bag_for_task(mappings, "mls_status__demo_reso", tmp_path)
+    assert sorted(bag["dags"]) == ["mls_status__demo_reso", "mls_sync__demo_reso"]
+    assert bag["read"] == ["demo_reso.yaml"]
+    # the task's own provider broken: the DAG that says why, as in a full parse
+    bag = _bag_for_task(mappings, "mls_sync__broken_cron", tmp_path)
+    assert list(bag["dags"]) == ["mls_sync__broken_cron"] and bag["read"] == ["broken_cron.yaml"]
+    assert "every four hours" in bag["dags"]["mls_sync__broken_cron"]
+    # not a DAG of this file (the maintenance DAG, a provider with no YAML): nothing read, nothing built
+    for other in ("mls_media_maintenance", "mls_sync__nobody"):
+        assert _bag_for_task(mappings, other, tmp_path) == {"dags": {}, "errors": [], "read": []}
+    # without a parsing context (the dag-processor) every YAML is read, as before
+    full = subprocess.run([sys.executable, "-c", "import mls_sync.config as c; print(len(c.load_providers()))"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "MLS_MAPPINGS_DIR": str(mappings)})
+    assert full.stdout.strip() == str(len(list(mappings.glob("*.y*ml"))))
