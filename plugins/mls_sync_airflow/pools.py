@@ -2,8 +2,8 @@
 
 The scheduler never queues a task whose pool does not exist: it stays `scheduled` without a word
 in the UI. A pool made by a setup step is a step a user can forget when adding a provider, so the
-scheduler makes it (or resizes it to the YAML's `limits.pool_slots`, which the client's share of
-the request budget is computed from) the moment a run of the provider's DAGs starts running,
+scheduler makes it (or resizes it to the YAML's `limits.pool_slots`) the moment a run of the
+provider's DAGs starts running,
 before any of its tasks is scheduled. `python -m mls_sync_airflow.setup` does the same up front.
 """
 
