@@ -20,7 +20,7 @@ from mls_sync.limits import Budget, RateLimiter
 from mls_sync.store import permits
 from mls_sync.store.tables import Tables
 
-FORGET_EVERY = 500  # permits taken by one limiter between deletions of day-old rows
+FORGET_EVERY = 500  # takes tried by one limiter between deletions of day-old rows
 
 
 class SharedRateLimiter(RateLimiter):
@@ -33,20 +33,19 @@ class SharedRateLimiter(RateLimiter):
                  sleep: Callable[[float], None] = time.sleep) -> None:
         super().__init__(budget, sleep=sleep)
         self.db, self.t, self.provider_id = db, t, provider_id
-        self._taken = 0
+        self._tries = 0  # takes tried (a wait retries): every FORGET_EVERY-th also deletes day-old rows
 
     def _try_take(self) -> float:
         windows = self._windows()
         if not windows and not self.budget.bytes_per_hour:
             return 0.0
+        with self._lock:
+            forget = self._tries % FORGET_EVERY == 0
+            self._tries += 1
         with self.db.begin() as c:
-            if self._taken % FORGET_EVERY == 0:
+            if forget:
                 permits.forget_old(c, self.t, self.provider_id)
-            delay = permits.take(c, self.t, self.provider_id, windows, self.budget.bytes_per_hour)
-        if delay <= 0:
-            with self._lock:
-                self._taken += 1
-        return delay
+            return permits.take(c, self.provider_id, windows, self.budget.bytes_per_hour)
 
     def record_bytes(self, n: int) -> None:
         with self._lock:

@@ -22,7 +22,8 @@ KEEP = timedelta(hours=25)  # the longest window (a day) and a margin
 def _take_sql(windows: int, bytes_cap: bool) -> sa.TextClause:
     """One statement: per window the `limit`-th newest request inside it (while there is one, the
     window is full), the last hour's bytes, and the permit inserted when all have room. Plain SQL:
-    built with Core per request it cost more CPU than the round trips."""
+    built with Core per request it cost more CPU than the round trips. Only for a budget with a
+    window or a byte cap (`SharedRateLimiter` takes no permit without)."""
     recent = "SELECT {what} FROM mls_rate_permits WHERE provider_id = :p AND {which} AND at > now_ - {span}"
     cols: list[str] = []
     room = []
@@ -37,13 +38,13 @@ def _take_sql(windows: int, bytes_cap: bool) -> sa.TextClause:
     # now_ (the statement's timestamp) first, then the windows that are measured back from it
     return sa.text(
         f"WITH seen AS (SELECT * FROM (SELECT statement_timestamp() AS now_) AS n, LATERAL (SELECT "
-        f"{', '.join(cols) or 'NULL AS nothing'}) AS w), "
+        f"{', '.join(cols)}) AS w), "
         f"taken AS (INSERT INTO mls_rate_permits (provider_id, at) SELECT :p, now_ FROM seen "
-        f"WHERE {' AND '.join(room) or 'TRUE'} RETURNING id) "
+        f"WHERE {' AND '.join(room)} RETURNING id) "
         "SELECT seen.*, (SELECT count(*) FROM taken) AS taken FROM seen")
 
 
-def take(conn: Connection, t: Tables, provider_id: str, windows: Sequence[tuple[float, int]],
+def take(conn: Connection, provider_id: str, windows: Sequence[tuple[float, int]],
          bytes_per_hour: int | None) -> float:
     """Take one request permit if every window has room; else the seconds until one will.
 

@@ -115,3 +115,19 @@ def test_sync_through_celery_on_two_workers(stack: Stack) -> None:
         for fmts in variants.values():
             assert set(fmts) == FORMATS
             assert {e["key"] for e in fmts.values()} <= in_bucket
+
+
+def test_media_maintenance_maps_one_pair_per_provider_on_the_workers(stack: Stack) -> None:
+    """The maintenance DAG's task group, mapped over the providers, as the real dag-processor,
+    scheduler and Celery workers run it: one labelled pair per provider with photos (the broken
+    YAMLs left out), each provider's orphan search after its own cleanup."""
+    api, dag_id = stack.api, "mls_media_maintenance"
+    run_id = api.trigger(dag_id)  # orphans: a dry run unless triggered with dry_run=false
+    assert api.wait_run(dag_id, run_id) == "success", api.states(dag_id, run_id)
+    tis = {(t["task_id"], t["rendered_map_index"]): t for t in api.task_instances(dag_id, run_id)}
+    providers = {"demo_rets", "demo_reso", "bad_login", "no_conn", "worker_loss"}
+    assert set(tis) == {(f"housekeeping.{task}", pid) for task in ("cleanup_removed", "orphans") for pid in providers}
+    assert {t["state"] for t in tis.values()} == {"success"}
+    for pid in providers:
+        cleanup, orphans = tis[("housekeeping.cleanup_removed", pid)], tis[("housekeeping.orphans", pid)]
+        assert orphans["start_date"] >= cleanup["end_date"], (pid, cleanup, orphans)
