@@ -53,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="GetObject Content-ID: the asked key (default) or the listing's internal id")
     p.add_argument("--max-page-size", type=int, default=None,
                    help=f"RESO page size cap (default {d.max_page_size}, or the profile's)")
+    p.add_argument("--key-only-cap", type=int, default=None,
+                   help="rows per reply or page of a query selecting only key-index fields (key, modification "
+                        "time, status...), as Trestle serves up to 300,000 (default: the same cap as any query)")
     p.add_argument("--mlg-can-view", action="store_true", help="MLS Grid style MlgCanView=false for removals")
     p.add_argument("--reso-profile", choices=tuple(RESO_PROFILES), default=d.reso_profile,
                    help="RESO Web API vendor profile (default textbook; see mock_mls/README.md)")

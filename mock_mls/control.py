@@ -71,6 +71,10 @@ class Settings:
     session_idle_seconds: float | None = None
     expired_session_reply: str = "20037"  # "20037" (HTTP 200 RETS reply) or "401"
     max_page_size: int = 1000
+    # Rows per reply (RETS) or page (RESO) of a query that selects only key-index fields (the key,
+    # modification time, status...): Trestle serves those up to 300,000 where its other queries stop
+    # at 1,000. None: the same cap as any query (row_cap, max_page_size).
+    key_only_cap: int | None = None
     mlg_can_view: bool = False
     rate_limit_per_second: int | None = None
     rate_limit_per_hour: int | None = None

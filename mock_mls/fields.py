@@ -85,6 +85,18 @@ BY_RESO: dict[str, Field] = {f.reso: f for f in FIELDS}
 BY_SYSTEM: dict[str, Field] = {f.system: f for f in FIELDS if f.system}
 RETS_FIELDS: tuple[Field, ...] = tuple(f for f in FIELDS if f.system)
 TIMESTAMP_FIELDS = frozenset(f.reso for f in FIELDS if f.data_type == "DateTime")
+# Fields a server answers from its key index (Trestle's "InKeyIndex" fields, plus the roster keys):
+# a query selecting only these may be served in larger pages (Settings.key_only_cap).
+KEY_INDEX = frozenset({"ListingKey", "ListingKeyNumeric", "ListingId", "ModificationTimestamp", "PhotosChangeTimestamp",
+                       "PhotosCount", "PostalCode", "StandardStatus", "MlsStatus", "MlgCanView", "MemberKey",
+                       "OfficeKey", "OpenHouseKey"})
+
+
+def row_cap(default: int | None, key_only_cap: int | None, selected: list[str] | None) -> int | None:
+    """The rows one reply may carry: `key_only_cap` when the query selects only key-index fields."""
+    if key_only_cap and selected and KEY_INDEX.issuperset(selected):
+        return key_only_cap
+    return default
 
 # code -> (long value, RESO StandardStatus)
 STATUSES: dict[str, tuple[str, str]] = {

@@ -24,7 +24,7 @@ from urllib.parse import urlencode
 
 from . import roster
 from .data import MEDIA_COLUMNS
-from .fields import FIELDS, LOOKUPS, STATUSES, Field, decode, encode
+from .fields import FIELDS, LOOKUPS, STATUSES, Field, decode, encode, row_cap
 from .httpio import Request, Response, json_response, odata_error, xml_escape
 from .odata import Column, FilterTranslator, ODataError, order_by
 
@@ -242,7 +242,7 @@ class Reso:
     def _visible(self) -> str:
         return "1 = 1" if self.app.settings.mlg_can_view else "l.InFeed = 1"
 
-    def _page(self, req: Request) -> tuple[int, int, int | None, int | None]:
+    def _page(self, req: Request, selected: list[str] | None = None) -> tuple[int, int, int | None, int | None]:
         """(page size, skip, $top or None, Prefer'd size or None) as this server reads them.
 
         `reso_top=page` reads $top as a page size (nextLink goes on past it, as some vendors do);
@@ -250,6 +250,7 @@ class Reso:
         Either way `Prefer: odata.maxpagesize` asks for a page size, capped at max_page_size.
         """
         s = self.app.settings
+        cap = row_cap(s.max_page_size, s.key_only_cap, selected) or s.max_page_size
         try:
             top = int(req.param("$top")) if req.param("$top") is not None else None
             skip = int(req.param("$skip") or 0)
@@ -259,9 +260,9 @@ class Reso:
             raise ODataError("$top and $skip must not be negative")
         match = _PREFER_PAGE.search(req.headers.get("prefer", ""))
         prefer = int(match.group(1)) if match and int(match.group(1)) > 0 else None
-        page = min(prefer or s.max_page_size, s.max_page_size)
+        page = min(prefer or cap, cap)
         if top is not None:
-            page = min(top, s.max_page_size) if s.reso_top == "page" else min(top, page)
+            page = min(top, cap) if s.reso_top == "page" else min(top, page)
         return page, skip, top, prefer
 
     def collection(self, req: Request, entity: str) -> Response:
@@ -279,8 +280,8 @@ class Reso:
             sql, params = FilterTranslator(columns, version=sc.version).translate(req.param("$filter") or "")
             where += f" AND ({sql})"
         order = order_by(req.param("$orderby") or "", columns, tiebreak)
-        page, skip, top, prefer = self._page(req)
         names = self._select(req, entity)
+        page, skip, top, prefer = self._page(req, names if req.param("$select") else None)
         expand = (req.param("$expand") or "").strip()
         if expand and (entity != "Property" or expand != "Media"):
             raise ODataError(f"Cannot expand '{expand}'")

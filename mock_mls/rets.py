@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from . import roster
 from .control import RETS_REPLY_TEXT
 from .dmql import DMQLError, Translator, fixed_zone
-from .fields import BY_SYSTEM, LOOKUPS, RETS_FIELDS, Field, decode
+from .fields import BY_SYSTEM, LOOKUPS, RETS_FIELDS, Field, decode, row_cap
 from .httpio import Request, Response, xml_escape, xml_response
 
 if TYPE_CHECKING:
@@ -382,7 +382,8 @@ class Rets:
                 return reply(20201, "No Records Found")
             if count_mode == "2":
                 return xml_response(f'<RETS {OK}>\n<COUNT Records="{total}" />\n</RETS>\n')
-        page = min(x for x in (limit, s.row_cap, 10**12) if x is not None)
+        cap = row_cap(s.row_cap, s.key_only_cap, [f.reso for f in fields_] if select else None)
+        page = min(x for x in (limit, cap, 10**12) if x is not None)
         cols = ", ".join(f'"{f.reso}"' for f in fields_)
         cur = self.app.store.query(
             f'SELECT {cols} FROM {spec.table} WHERE {sql_where} ORDER BY "{spec.key}" LIMIT ? OFFSET ?',

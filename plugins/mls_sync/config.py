@@ -191,6 +191,12 @@ class Reconcile(_Strict):
     every_hours: float = Field(24, ge=0)
     # Alert when the listings found missing, stale or gone exceed this share of the MLS's count.
     max_drift: float = Field(0.01, ge=0, le=1)
+    # Rows asked per page of the key walk (key and modification time only); empty: the protocol's
+    # page_size. Servers that answer key-only queries from an index serve them in far larger pages
+    # than full records (Trestle: 300,000 against 1,000), and every page is a round trip and a
+    # request of the budget. Where the server caps lower, the walk takes what it sends and goes on
+    # (RETS COUNT/MAXROWS, RESO nextLink), and the key list is checked against the server's count.
+    key_page_size: int | None = Field(None, ge=1, le=300_000)
 
 
 class Conflicts(_Strict):

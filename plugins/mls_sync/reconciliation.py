@@ -37,6 +37,7 @@ from mls_sync.sync import (
     _key_of,
     _land_page,
     _source_time_zone,
+    check_count,
     pages_for_keys,
     progress,
     rate,
@@ -46,10 +47,11 @@ log = logging.getLogger(__name__)
 
 
 def key_criteria(provider: ProviderConfig) -> SearchCriteria:
-    """Keys and modification times of what the provider should hold: the full sync's scope."""
+    """Keys and modification times of what the provider should hold: the full sync's scope, in
+    pages of `reconcile.key_page_size` where the YAML asks for larger ones."""
     roles = provider.roles()
     return SearchCriteria(statuses=provider.source_statuses(provider.full_sync_statuses),
-                          select=(roles.key, roles.modified))
+                          select=(roles.key, roles.modified), page_size=provider.reconcile.key_page_size)
 
 
 def fetch_differences(ctx: SyncContext, plan: dict[str, Any], source: Source, totals: dict[str, Any],
@@ -62,7 +64,7 @@ def fetch_differences(ctx: SyncContext, plan: dict[str, Any], source: Source, to
         state = (runs.get_run(c, t, sid).get("stage_state") or {}).get("keys") or {}
     if not state.get("walked"):
         extra["request"] = {"search": "keys and modification times in scope", "resume_from": state.get("cursor")}
-        _walk_keys(ctx, plan, source, state.get("cursor"), meter)
+        _walk_keys(ctx, plan, source, state, meter)
     if "found" in state:
         return dict(state["found"])
     with ctx.db.begin() as c:
@@ -82,24 +84,38 @@ def fetch_differences(ctx: SyncContext, plan: dict[str, Any], source: Source, to
     return found
 
 
-def _walk_keys(ctx: SyncContext, plan: dict[str, Any], source: Source, cursor: dict[str, Any] | None,
+def _walk_keys(ctx: SyncContext, plan: dict[str, Any], source: Source, state: dict[str, Any],
                meter: RequestMeter | None) -> None:
-    modified_of = Mapper(ctx.provider, time_zone=parse_time_zone(_source_time_zone(source))).column_reader(
-        "mls_modified_at")
+    """Land the MLS's key list, then check it against the server's own count where it has one
+    (RESO `$count` at the walk's cut): a short list would leave differences unfound and report the
+    MLS's count low, so the run fails instead (IncompleteRead)."""
+    p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
+    modified_of = Mapper(p, time_zone=parse_time_zone(_source_time_zone(source))).column_reader("mls_modified_at")
+    criteria = key_criteria(p)
+    cursor, keyless = state.get("cursor"), int(state.get("keyless") or 0)
     seen, started = 0, time.monotonic()
     # the next page downloads and parses while this one is landed, as in the fetch walk
-    with prefetched(source.pages(key_criteria(ctx.provider), resume_from=cursor), name="key-pages") as pages:
+    with prefetched(source.pages(criteria, resume_from=cursor), name="key-pages") as pages:
         for page in pages:
-            seen += _land_keys(ctx, plan, page, modified_of, meter, seen)
+            landed, skipped = _land_keys(ctx, plan, page, modified_of, meter, seen, keyless)
+            seen, keyless, cursor = seen + landed, keyless + skipped, page.cursor
             log.info("reconcile: key page %d: %d keys; %d so far (%s)", page.number, len(page.records), seen,
                      rate(seen, started))
+
+    def listed() -> int:
+        with ctx.db.connect() as c:
+            return keylist.count(c, t, p.provider_id, sid)
+
+    verified = check_count(source, criteria, cursor, listed, keyless, "the key walk", "keys")
     with ctx.db.begin() as c:
-        runs.merge_nested(c, ctx.t, plan["sync_id"], "stage_state", "keys", {"walked": True})
+        runs.merge_nested(c, t, sid, "stage_state", "keys",
+                          {"walked": True, **({"read_verified": verified} if verified else {})})
 
 
 def _land_keys(ctx: SyncContext, plan: dict[str, Any], page: Page, modified_of: Callable[[dict[str, Any]], Any],
-               meter: RequestMeter | None, seen: int) -> int:
-    """One page of (key, modification time) pairs and its cursor, in one transaction."""
+               meter: RequestMeter | None, seen: int, keyless: int) -> tuple[int, int]:
+    """One page of (key, modification time) pairs and its cursor, in one transaction; returns the
+    pairs landed and the records left out (no key, or marked deleted), which the count check needs."""
     p, t, sid = ctx.provider, ctx.t, plan["sync_id"]
     key_field = p.roles().key
     pairs = []
@@ -107,14 +123,15 @@ def _land_keys(ctx: SyncContext, plan: dict[str, Any], page: Page, modified_of: 
         key = _key_of(key_field, rec)
         if key and not raw_store.is_deleted(rec):
             pairs.append((key, modified_of(rec)))
+    skipped = len(page.records) - len(pairs)
     with ctx.db.begin() as c:
         commit_without_flush(c)
         keylist.land(c, t, p.provider_id, sid, pairs)
-        runs.merge_nested(c, t, sid, "stage_state", "keys", {"cursor": page.cursor})
+        runs.merge_nested(c, t, sid, "stage_state", "keys", {"cursor": page.cursor, "keyless": keyless + skipped})
         if meter is not None:
             runs.add_counts(c, t, sid, {"requests": meter.take()})
         progress(c, ctx, plan, "fetch", {"keys": seen + len(pairs)})
-    return len(pairs)
+    return len(pairs), skipped
 
 
 def drift(found: dict[str, int], gone: int, deleted: int, refreshed: int, conflicted: int,

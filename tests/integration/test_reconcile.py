@@ -128,3 +128,64 @@ def test_scheduled_runs_reconcile_when_due_and_drift_alerts(mock_mls_factory, db
     assert due["mode"] == "reconcile" and due["reconcile"]["gone"] == 3
     assert any(a.startswith("drift ") and "above 2.0%" in a for a in due["alerts"]), due["alerts"]
     assert _run(ctx)["mode"] == "incremental"  # reconciled just now
+
+
+def _key_pages(caplog: pytest.LogCaptureFixture) -> int:
+    return sum(1 for r in caplog.records if r.getMessage().startswith("reconcile: key page "))
+
+
+@pytest.mark.parametrize("provider", ["demo_reso", "demo_rets"])
+def test_the_key_walk_asks_for_large_pages_and_takes_what_the_server_sends(
+        mock_mls_factory, db, caplog, provider) -> None:
+    """`reconcile.key_page_size` asks for key pages far larger than full-record pages: a server
+    that serves key-only queries in large pages (Trestle) answers in few requests, and one that caps
+    them like any query is paged to the end all the same; both reconcile exactly."""
+    import logging
+    import math
+
+    caplog.set_level(logging.INFO, logger="mls_sync.reconciliation")
+    mls = mock_mls_factory(listings=400, seed=23, photos_per_listing=1)
+    cap = {"row_cap": 40} if provider == "demo_rets" else {"max_page_size": 40}
+    mls.configure(**cap)
+    ctx = context(mls, db, provider, reconcile={"key_page_size": 150})
+    assert _run(ctx)["state"] == "success"
+    in_scope = len(_mls_scope(mls))
+    assert in_scope > 200, in_scope
+
+    for key_only_cap, per_page in ((None, 40), (1000, 150)):
+        mls.configure(key_only_cap=key_only_cap)
+        changed = mls.mutate(remove=4, backdate=3)
+        caplog.clear()
+        rec = _run(ctx, mode="reconcile")
+        assert rec["state"] == "success", rec
+        assert rec["reconcile"]["mls_count"] == len(_mls_scope(mls))
+        assert _key_pages(caplog) == math.ceil(rec["reconcile"]["mls_count"] / per_page), key_only_cap
+        assert _differences(db, mls, provider) == [], key_only_cap
+        assert rec["reconcile"]["stale"] == len(changed["backdate"]), (key_only_cap, rec["reconcile"])
+
+
+def test_a_reso_key_list_shorter_than_the_servers_count_fails_the_run_and_deletes_nothing(
+        mock_mls_factory, db, monkeypatch) -> None:
+    """A server that cuts a key page short without a nextLink ends a keyset walk early: the key
+    list is checked against `$count`, so the run fails, naming both numbers, and no listing the
+    list lacks is touched."""
+    from mls_sync.sources.reso.source import ResoSource
+
+    mls = mock_mls_factory(listings=120, seed=24, photos_per_listing=1)
+    ctx = context(mls, db, "demo_reso", reconcile={"key_page_size": 50})
+    assert _run(ctx)["state"] == "success"
+    held = set(_store(db, "demo_reso"))
+    real_walk = ResoSource.walk
+
+    def short(self: ResoSource, walk: Any, position: Any) -> Any:
+        for i, (records, pos) in enumerate(real_walk(self, walk, position)):
+            if walk.page_size == 50 and i == 0:  # the key walk's first page, 10 rows short, no nextLink
+                records = records[:-10]
+            yield records, pos
+
+    monkeypatch.setattr(ResoSource, "walk", short)
+    plan = sync.plan(ctx, dag_id=None, dag_run_id=None, conf={"include_photos": False, "mode": "reconcile"},
+                     trigger="manual")
+    with pytest.raises(sync.IncompleteRead, match=r"the key walk read \d+ distinct keys but the server counts"):
+        sync.fetch(ctx, plan)
+    assert set(_store(db, "demo_reso")) == held

@@ -123,6 +123,9 @@ class SearchCriteria:
     # A protocol-native clause (DMQL2 for RETS, an OData $filter for RESO) ANDed with the rest.
     # Only operators set it (the CLI); values from a DAG run's conf never reach it.
     raw_query: str | None = None
+    # Rows asked per page; None: the source's configured page size. Key walks ask for more where
+    # the server serves key-only queries in larger pages (reconcile.key_page_size).
+    page_size: int | None = None
 
 
 @dataclass

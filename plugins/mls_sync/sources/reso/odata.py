@@ -275,6 +275,7 @@ class Walk:
     dialect: Dialect
     select: str | None = None
     expand: str | None = None
+    page_size: int | None = None  # None: the source's reso.page_size
 
 
 def and_all(clauses: Iterable[str | None]) -> str | None:

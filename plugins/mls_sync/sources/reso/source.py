@@ -230,7 +230,7 @@ class ResoSource(Source):
         if walk.expand:
             params["$expand"] = walk.expand
         headers: dict[str, str] = {}
-        size = self.settings.page_size
+        size = walk.page_size or self.settings.page_size
         if self.settings.paging == "nextlink":
             headers["Prefer"] = f"odata.maxpagesize={size}"
             if self.settings.top_is_page_size:
@@ -255,7 +255,7 @@ class ResoSource(Source):
             return
         after = position.get("after") if position else None
         url = position.get("next") if position and nextlink else None
-        size = self.settings.page_size
+        size = walk.page_size or self.settings.page_size
         saw_link = False
         decode = walk.dialect.decode if walk.dialect.decoders else None
         while True:
@@ -366,7 +366,7 @@ class ResoSource(Source):
             where = odata.criteria_filter(criteria, r, dialect, keys)
             if cut is not None:
                 where = self._bounded(dialect, where, cut)
-            walk = odata.Walk(res.path, where, (r.modified, r.key), dialect, select)
+            walk = odata.Walk(res.path, where, (r.modified, r.key), dialect, select, page_size=criteria.page_size)
             position = None
             if cursor and i == first:
                 position = {"done": cursor.get("done"), "next": cursor.get("next"),

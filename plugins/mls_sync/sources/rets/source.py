@@ -218,10 +218,11 @@ class RetsSource(Source):
         }
 
     # -- search --------------------------------------------------------------------------------
-    def _fetch(self, query: str, offset: int | None, select: tuple[str, ...], count: bool) -> PageResult:
+    def _fetch(self, query: str, offset: int | None, select: tuple[str, ...], count: bool,
+               limit: int) -> PageResult:
         s = self.settings
         params: dict[str, Any] = {"SearchType": s.resource, "Class": s.class_, "QueryType": "DMQL2",
-                                  "Query": query, "Format": s.format, "Limit": s.page_size, "StandardNames": 0}
+                                  "Query": query, "Format": s.format, "Limit": limit, "StandardNames": 0}
         if count:
             params["Count"] = 1  # rows and their total
         if select:
@@ -299,8 +300,9 @@ class RetsSource(Source):
         groups = dmql.chunks(keys, self.keys_per_query) if keys else [()]
         start = int(cursor.get("chunk") or 0)
         number = int(cursor.get("page") or 0)
-        walk = SearchWalk(lambda q, off, count: self._fetch(q, off, select, count), key_field=key_field,
-                          modified_field=modified, page_size=self.settings.page_size, offset_mode=self.settings.offset,
+        size = criteria.page_size or self.settings.page_size
+        walk = SearchWalk(lambda q, off, count: self._fetch(q, off, select, count, size), key_field=key_field,
+                          modified_field=modified, page_size=size, offset_mode=self.settings.offset,
                           now=lambda: dmql.to_server(datetime.now(UTC), zone), offset_ok=self._offset_ok,
                           match_all=self.settings.match_all)
         for index in range(start, len(groups)):
