@@ -90,6 +90,8 @@ class Settings:
     rets_empty_parts: bool = False  # an empty part (no headers, no body) before each listing's objects
     rets_content_id: str = "key"  # key | other: parts carry the listing's internal id, not the asked key
     rets_keyless: list[str] = field(default_factory=list)  # listings served with an empty key column
+    rets_count: bool = True  # False: Count=1/2 is ignored (no COUNT), as some servers do
+    rets_maxrows: bool = True  # False: a reply cut by the row cap says nothing of it (no MAXROWS)
     username: str = "mockuser"
     password: str = "mockpass"
     user_agent: str = "MockClient/1.0"

@@ -364,7 +364,7 @@ class Rets:
             bad = [n for n, f in zip(select, chosen, strict=True) if f is None]
             return reply(20202, f"Invalid Select: unknown field(s) {', '.join(bad)}")
         fields_: list[Field] = [f for f in chosen if f is not None]
-        count_mode = req.param("Count", "0")
+        count_mode = req.param("Count", "0") if s.rets_count else "0"
         limit_text = (req.param("Limit") or "NONE").upper()
         offset_text = req.param("Offset")
         if offset_text is not None and s.offset_mode == "reject":
@@ -424,7 +424,8 @@ class Rets:
             if more:
                 break
             batch = cur.fetchmany(500)
-        tail = "<MAXROWS />\n" if more else ""  # Limit or the row cap cut the reply: more rows match
+        # Limit or the row cap cut the reply: more rows match (unless this server keeps it quiet)
+        tail = "<MAXROWS />\n" if more and self.app.settings.rets_maxrows else ""
         yield (tail + "</RETS>\n").encode()
 
     # --- GetObject ------------------------------------------------------------------------------

@@ -148,6 +148,35 @@ def test_a_server_capping_below_limit_without_maxrows_is_walked_to_its_count() -
     assert server.counted == [True, False, False, True]
 
 
+class MuteServer(FakeServer):
+    """Caps replies below the client's Limit and says nothing of it: no COUNT, no MAXROWS."""
+
+    def fetch(self, query: str, offset: int | None, count: bool) -> PageResult:
+        res = super().fetch(query, offset, count)
+        return PageResult(res.records, None, False)
+
+
+@pytest.mark.parametrize(("n", "calls", "last_offset"), [(1000, 4, 901), (900, 4, 901), (250, 2, 251)])
+def test_a_server_capping_silently_without_count_is_walked_to_an_empty_reply(n: int, calls: int,
+                                                                             last_offset: int) -> None:
+    """A short reply as long as the widest so far may be the server's own cap: the next Offset is
+    asked and only an empty reply (or a shorter one) ends the walk; nothing is lost."""
+    records = make_records(n, cluster=0)
+    server = MuteServer(records, cap=300, offset_mode="honour")
+    keys, cursor = walk(server, page_size=1000)
+    assert sorted(keys) == sorted(r["K"] for r in records) and cursor is None
+    # replies of 300 until a shorter one ends it (1,000); a last reply as long as the widest (900),
+    # or a first one holding the whole result (250), is followed by one empty reply
+    assert (server.calls, server.offsets[-1]) == (calls, last_offset)
+
+
+def test_a_server_without_count_that_fills_limit_ends_on_a_short_reply() -> None:
+    records = make_records(1000, cluster=0)
+    server = MuteServer(records, cap=300, offset_mode="honour")
+    keys, _ = walk(server, page_size=300)  # Limit = the server's cap: a short reply is the end
+    assert sorted(keys) == sorted(r["K"] for r in records) and server.calls == 4
+
+
 @pytest.mark.parametrize("server_class", [FakeServer, QuietCapServer])
 def test_rows_added_during_the_walk_are_fetched(server_class: type[FakeServer]) -> None:
     """Listings arriving after page 1 sort last (keys grow): the walk must still reach them,

@@ -133,6 +133,7 @@ class SearchWalk:
         # during the walk move it), not on every page.
         total: int | None = None
         per_page = self.page_size
+        widest = 0  # the most rows a reply of this walk carried: what the server sends per page
         while True:
             asked = total is None or offset + per_page > total
             try:
@@ -171,7 +172,13 @@ class SearchWalk:
                 # past a total counted before this page: stop only if MAXROWS does not say more
                 done = not res.records or (offset > total and (fresh or not res.maxrows))
             else:
-                done = not res.records or (not res.maxrows and len(res.records) < self.page_size)
+                # No COUNT: a reply short of Limit without MAXROWS ends the walk only when it is also
+                # shorter than an earlier reply. One as long as the widest may be a server's own
+                # cap, sent silently (servers without Count rarely send MAXROWS): the next Offset
+                # is asked, and an empty reply ends the walk (one request more, no rows lost).
+                short = len(res.records) < self.page_size and len(res.records) < widest
+                done = not res.records or (not res.maxrows and short)
+            widest = max(widest, len(res.records))
             if first:
                 self.page_one = set(keys)
             yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
