@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key-only-cap", type=int, default=None,
                    help="rows per reply or page of a query selecting only key-index fields (key, modification "
                         "time, status...), as Trestle serves up to 300,000 (default: the same cap as any query)")
+    p.add_argument("--extra-fields", type=int, default=0,
+                   help="production-width RETS rows: this many more fields in Property searches of every field "
+                        "(default 0: the 30 RETS fields of docs/FIELDS.md)")
     p.add_argument("--mlg-can-view", action="store_true", help="MLS Grid style MlgCanView=false for removals")
     p.add_argument("--reso-profile", choices=tuple(RESO_PROFILES), default=d.reso_profile,
                    help="RESO Web API vendor profile (default textbook; see mock_mls/README.md)")

@@ -75,6 +75,8 @@ class Settings:
     # modification time, status...): Trestle serves those up to 300,000 where its other queries stop
     # at 1,000. None: the same cap as any query (row_cap, max_page_size).
     key_only_cap: int | None = None
+    # Production-width rows: N more Character fields in RETS Property searches of every field (see wide.py)
+    extra_fields: int = 0
     mlg_can_view: bool = False
     rate_limit_per_second: int | None = None
     rate_limit_per_hour: int | None = None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import roster
+from . import roster, wide
 from .control import RETS_REPLY_TEXT
 from .dmql import DMQLError, Translator, fixed_zone
 from .fields import BY_SYSTEM, LOOKUPS, RETS_FIELDS, Field, decode, row_cap
@@ -286,8 +286,9 @@ class Rets:
         if kind == "TABLE":
             if rest not in ("", "*", "RE_1", "0"):
                 return reply(20502, f"Invalid class {rest}")
+            every = (*RETS_FIELDS, *wide.fields(self.app.settings.extra_fields))
             return metadata_block("TABLE", {"Resource": "Property", "Class": "RE_1", **attrs}, TABLE_COLUMNS,
-                                  [self._table_row(f) for f in RETS_FIELDS], fmt, "Field")
+                                  [self._table_row(f) for f in every], fmt, "Field")
         if kind == "LOOKUP":
             return metadata_block("LOOKUP", prop, ("LookupName", "VisibleName", "Version", "Date"),
                                   [[n, n, METADATA_VERSION, METADATA_DATE] for n in LOOKUPS], fmt, "Lookup")
@@ -393,11 +394,15 @@ class Rets:
         if not first:
             return reply(20201, "No Records Found")
         names = [(f.rets_standard_name if standard else f.system) or "" for f in fields_]
+        extra = s.extra_fields if spec is PROPERTY and not select else 0
+        names += [f.system or "" for f in wide.fields(extra)]
         return xml_response(self._stream(cur, first, fields_, names, fmt == "COMPACT-DECODED", page, total,
-                                         spec.key))
+                                         spec.key, extra))
 
     def _stream(self, cur: Any, first: list[tuple[Any, ...]], fields_: list[Field], names: list[str],
-                decoded: bool, page: int, total: int | None, key: str = "ListingKey") -> Iterator[bytes]:
+                decoded: bool, page: int, total: int | None, key: str = "ListingKey",
+                extra: int = 0) -> Iterator[bytes]:
+        """The reply, 500 rows at a time; `extra` production-width fields after each row's own."""
         tz = fixed_zone(self.app.settings.timezone_offset)
         head = f"<RETS {OK}>\n"
         if total is not None:
@@ -408,6 +413,7 @@ class Rets:
         more = False
         keyless = set(self.app.settings.rets_keyless)
         key_at = next((i for i, f in enumerate(fields_) if f.reso == key), None) if keyless else None
+        own_key = next((i for i, f in enumerate(fields_) if f.reso == key), 0)
         while batch:
             lines = []
             for row in batch:
@@ -416,6 +422,8 @@ class Rets:
                     break
                 sent += 1
                 values = [rets_value(f, v, decoded, tz) for f, v in zip(fields_, row, strict=True)]
+                if extra:
+                    values += wide.values(values[own_key], extra)
                 if key_at is not None and values[key_at] in keyless:
                     values[key_at] = ""  # a damaged record: the server sends it without its key
                 lines.append(f"<DATA>{xml_escape(compact_row(values))}</DATA>\n")

@@ -64,30 +64,39 @@ def test_bench_scenario_1_small(tmp_path) -> None:
 @pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),
                     reason="needs the PostgreSQL on 127.0.0.1:5432")
 def test_bench_reconciliation_small(tmp_path) -> None:
-    """Scenario 9: the full sync, then a reconciliation against a server serving large key-only
-    pages (the goals, and every back-dated and late change found) and one capping them like any."""
+    """Scenario 9: the full sync, then reconciliations against a server serving large key-only
+    pages and one capping them like any; then the same at production width (the mock's
+    extra_fields), where a full row is ~2.3 KB and the key list is the same."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'plugins'}"}
     cmd = [sys.executable, "-m", "bench", "9", "--listings", "6000", "--results-dir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    full, generous, capped = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
-    for res in (full, generous, capped):
+    runs = json.loads((tmp_path / "latest.json").read_text())["scenarios"]
+    full, generous, capped, wide_full, wide = runs
+    for res in runs:
         assert res["error"] is None, res.get("traceback")
     assert "full sync" in full["label"] and "up to 100,000" in generous["label"] and "capped" in capped["label"]
+    assert "production-width" in wide_full["label"] and "production-width" in wide["label"]
     # 6,000 listings: ~4,300 keys in scope, one key page against two of 2,500
     searches = [r["mls_requests_by_endpoint"]["rets:search"] for r in (generous, capped)]
     assert searches[0] == searches[1] - 1, searches
-    for res in (generous, capped):
+    # the same listings, each full row ~4x wider; the key list is not
+    assert abs(wide_full["records"] - full["records"]) <= 10  # less what the reconciliations removed
+    widening = (wide_full["bytes_transferred"] / wide_full["records"]) / (full["bytes_transferred"] / full["records"])
+    assert widening > 3.5, widening
+    assert 0.8 < wide["bytes_transferred"] / generous["bytes_transferred"] < 1.25
+    for res in (generous, capped, wide):
         assert 0 < res["ratios"]["bytes_vs_full_sync"] < 0.2 and res["ratios"]["wall_vs_full_sync"] > 0
         assert res["reconcile"]["mls_count"] > 4000 and res["reconcile"]["gone"] >= 1, res["reconcile"]
-    # at this size some "late" changes fall inside the incremental walk's overlap, which fetches
-    # them itself; at 100,000 every one is older than the watermark and the target asks for all
-    repaired = generous["checks"]["repaired"]
-    assert 1 <= repaired["stale"] <= repaired["stale_made"], repaired
-    goals = {t["name"]: t["status"] for t in generous["targets"]}
-    assert set(goals) == {"MLS bytes vs a full sync", "wall vs a full sync", "stale found = made (back-dated + late)"}
-    assert set(goals.values()) <= {"PASS", "MISS"}, goals
-    assert {t["status"] for t in capped["targets"]} == {"n/a"}
+        # at this size some "late" changes fall inside the incremental walk's overlap, which
+        # fetches them itself; at 100,000 every one is older than the watermark
+        repaired = res["checks"]["repaired"]
+        assert 1 <= repaired["stale"] <= repaired["stale_made"], repaired
+    assert wide["ratios"]["bytes_vs_full_sync"] < 0.05
+    judged = {r["label"]: {t["name"]: t["status"] for t in r["targets"]} for r in (generous, capped, wide)}
+    assert judged[generous["label"]]["wall vs a full sync"] in ("PASS", "MISS")
+    assert judged[wide["label"]]["MLS bytes vs a full sync"] == "PASS", judged
+    assert set(judged[capped["label"]].values()) == {"n/a"}, judged
 
 
 @pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),

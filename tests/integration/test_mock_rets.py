@@ -12,6 +12,7 @@ from PIL import Image
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from mock_mls import MockMLS
+from mock_mls.fields import RETS_FIELDS
 from tests.integration.mock_fixtures import mock_mls_fixtures, rets_login
 
 pytestmark = pytest.mark.integration
@@ -121,6 +122,33 @@ def test_a_client_paging_on_maxrows_alone_gets_every_row(mls: MockMLS) -> None:
             break
     assert len(keys) == len(set(keys)) == 1500  # stopped after 100 rows when only the cap set MAXROWS
     assert keys == mls.all_keys()
+
+
+def test_server_quirks_key_only_pages_quiet_caps_and_production_width(mls: MockMLS) -> None:
+    """key_only_cap: a Select of key-index fields only gets larger replies; rets_count /
+    rets_maxrows off: a capped reply says nothing of the rows after it; extra_fields: full-record
+    replies and METADATA-TABLE carry production-width rows, a Select does not."""
+    s = rets_login(mls)
+    mls.configure(key_only_cap=1200)
+    assert search(s, mls, Select="LIST_1,LIST_87", Limit="5000").text.count("<DATA>") == 1200
+    assert search(s, mls, Select="LIST_1,LIST_22", Limit="5000").text.count("<DATA>") == 500  # a price: no index
+    mls.configure(rets_count=False, rets_maxrows=False)
+    quiet = search(s, mls, Select="LIST_1,LIST_22", Count="1", Limit="5000").text
+    assert quiet.count("<DATA>") == 500 and "<COUNT" not in quiet and "<MAXROWS" not in quiet
+    mls.configure(extra_fields=150)
+    full = search(s, mls, Limit="3").text
+    columns = full.split("<COLUMNS>")[1].split("</COLUMNS>")[0].strip("\t").split("\t")
+    rows = [line[len("<DATA>\t"):-len("\t</DATA>")].split("\t")
+            for line in full.splitlines() if line.startswith("<DATA>")]
+    width = len(RETS_FIELDS) + 150
+    assert len(columns) == width and columns[-1] == "X_150" and {len(r) for r in rows} == {width}
+    assert len(full) / 3 > 1800  # ~2 KB a row, as production rows run, against ~530 for the mock's own 45
+    again = search(s, mls, Limit="3").text
+    assert again == full  # the same listing's extra values every time
+    assert "X_001" not in search(s, mls, Select="LIST_1,LIST_87", Limit="3").text
+    table = s.get(f"{mls.url}/rets/getmetadata", params={"Type": "METADATA-TABLE", "ID": "Property:RE_1",
+                                                         "Format": "COMPACT"}, timeout=10).text
+    assert "\tX_150\t" in table
 
 
 def test_offset_modes(mls: MockMLS) -> None:
