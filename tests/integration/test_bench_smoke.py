@@ -97,6 +97,10 @@ def test_bench_reconciliation_small(tmp_path) -> None:
     assert judged[generous["label"]]["wall vs a full sync"] in ("PASS", "MISS")
     assert judged[wide["label"]]["MLS bytes vs a full sync"] == "PASS", judged
     assert set(judged[capped["label"]].values()) == {"n/a"}, judged
+    # each judged reconciliation left nothing: a second one finds the store equal to the MLS's list
+    for res in (generous, wide):
+        assert judged[res["label"]]["differences a second reconciliation finds"] == "PASS", judged
+        assert res["checks"]["second_reconciliation"]["mls_count"] == res["reconcile"]["mls_count"]
 
 
 @pytest.mark.skipif(not pg_reachable("postgresql://postgres@127.0.0.1:5432/postgres"),
