@@ -174,7 +174,7 @@ class SearchWalk:
             else:
                 # No COUNT: a reply short of Limit without MAXROWS ends the walk only when it is also
                 # shorter than an earlier reply. One as long as the widest may be a server's own
-                # cap, sent silently (servers without Count rarely send MAXROWS): the next Offset
+                # cap, sent without MAXROWS (the only other sign of a capped reply): the next Offset
                 # is asked, and an empty reply ends the walk (one request more, no rows lost).
                 short = len(res.records) < self.page_size and len(res.records) < widest
                 done = not res.records or (not res.maxrows and short)
