@@ -170,6 +170,19 @@ def test_a_server_capping_silently_without_count_is_walked_to_an_empty_reply(n: 
     assert (server.calls, server.offsets[-1]) == (calls, last_offset)
 
 
+@pytest.mark.parametrize("mode", ["ignore", "reject"])
+@pytest.mark.parametrize("limit", [500, 1000])
+def test_time_windows_on_a_server_without_count_or_maxrows_miss_nothing(mode: str, limit: int) -> None:
+    """Offset ignored or refused, and replies capped at 500 with no COUNT and no MAXROWS: a window
+    reply as long as the widest so far may be capped, so it is split like one that says so (a
+    cluster of 900 rows at one instant included); none is taken as complete on its word."""
+    records = make_records(3000, cluster=900)
+    server = MuteServer(records, cap=500, offset_mode=mode)
+    keys, last = walk(server, page_size=limit)
+    assert sorted(keys) == sorted(r["K"] for r in records) and last is None
+    assert server.calls < 80, server.calls
+
+
 def test_a_server_without_count_that_fills_limit_ends_on_a_short_reply() -> None:
     records = make_records(1000, cluster=0)
     server = MuteServer(records, cap=300, offset_mode="honour")

@@ -82,6 +82,10 @@ class SearchWalk:
         # the whole window walk that follows, which fetches those rows again, possibly much later.
         self.page_one: set[str] = set()
         self.first_page: set[str] = set()
+        # The most rows a reply of this walk carried, and whether the server ever sent COUNT or
+        # MAXROWS: one that sends neither shows its cap only as the widest reply.
+        self.widest = 0
+        self.signals = False
 
     # -- helpers -------------------------------------------------------------------------------
     def _new(self, records: list[dict[str, str]]) -> list[dict[str, str]]:
@@ -133,7 +137,6 @@ class SearchWalk:
         # during the walk move it), not on every page.
         total: int | None = None
         per_page = self.page_size
-        widest = 0  # the most rows a reply of this walk carried: what the server sends per page
         while True:
             asked = total is None or offset + per_page > total
             try:
@@ -147,6 +150,7 @@ class SearchWalk:
                 yield from self._windows(base, since, until, {})
                 return
             fresh = asked and res.count is not None
+            self.signals = self.signals or res.count is not None or res.maxrows
             if fresh:
                 total = res.count
             keys = [k for r in res.records if (k := r.get(self.key))]
@@ -172,13 +176,14 @@ class SearchWalk:
                 # past a total counted before this page: stop only if MAXROWS does not say more
                 done = not res.records or (offset > total and (fresh or not res.maxrows))
             else:
-                # No COUNT: a reply short of Limit without MAXROWS ends the walk only when it is also
-                # shorter than an earlier reply. One as long as the widest may be a server's own
-                # cap, sent without MAXROWS (the only other sign of a capped reply): the next Offset
-                # is asked, and an empty reply ends the walk (one request more, no rows lost).
-                short = len(res.records) < self.page_size and len(res.records) < widest
+                # No COUNT: a reply short of Limit without MAXROWS is the end from a server that
+                # has sent MAXROWS (or COUNT) before. From one that never has, only if it is also
+                # shorter than an earlier reply: one as long as the widest may be the server's own
+                # cap, kept quiet, so the next Offset is asked, and an empty reply ends the walk
+                # (one request more, no rows lost).
+                short = len(res.records) < self.page_size and (len(res.records) < self.widest or self.signals)
                 done = not res.records or (not res.maxrows and short)
-            widest = max(widest, len(res.records))
+            self.widest = max(self.widest, len(res.records))
             if first:
                 self.page_one = set(keys)
             yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
@@ -207,7 +212,7 @@ class SearchWalk:
                 if seg[2] is not None:
                     clauses += self._prefix_clauses(seg[2], seg[3])
                 res = self._fetch_segment(dmql.and_all(clauses), seg)
-            if res.overflows():
+            if self._maybe_capped(res) or res.overflows():
                 timed = seg[2] is None and seg[0] != EMPTY  # the EMPTY segment can only split by key
                 low, high = (dmql.parse_ts(seg[0]), dmql.parse_ts(seg[1])) if timed else (FLOOR, FLOOR)
                 if high > low:
@@ -221,6 +226,22 @@ class SearchWalk:
                 yield [], self._state(stack)
                 continue
             yield self._new(res.records), self._state(stack)
+
+    def _maybe_capped(self, res: PageResult) -> bool:
+        """A window reply that may hide rows without saying so: no COUNT, no MAXROWS, and as long as
+        the widest reply of the walk (a cap the server keeps quiet about). It is split like one
+        that overflows; a complete window of exactly that length costs a few requests more."""
+        self.signals = self.signals or res.count is not None or res.maxrows
+        quiet = not self.signals and bool(res.records) and len(res.records) >= self.widest
+        self.widest = max(self.widest, len(res.records))
+        return quiet
+
+    def _budget(self) -> float:
+        """Rows a window is cut to hold: most of a page, or of the widest reply where the server
+        never counted (its cap may be below Limit)."""
+        if not self.signals and 0 < self.widest < self.page_size:
+            return 0.8 * self.widest
+        return 0.8 * self.page_size
 
     def _fetch_segment(self, query: str, seg: list[Any]) -> PageResult:
         try:
@@ -254,7 +275,7 @@ class SearchWalk:
             t = _timestamp(r.get(self.modified))
             if t is not None and low <= t <= high:
                 stamps.append(t)
-        budget = 0.8 * self.page_size
+        budget = self._budget()
         per = self._per_sample(res, len(stamps))
         cuts: set[datetime] = set()
         run = 0
@@ -300,7 +321,7 @@ class SearchWalk:
         groups: Counter[str] = Counter()
         for length in range(len(prefix) + 1, longest + 1):
             groups = Counter(k[:length] for k in keys if len(k) >= length)
-            if max(groups.values()) * per <= 0.8 * self.page_size:
+            if max(groups.values()) * per <= self._budget():
                 break
         children = sorted(groups)
         for child in children:
