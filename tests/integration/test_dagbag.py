@@ -58,6 +58,10 @@ def test_sync_dag_shape_and_trigger_form() -> None:
     assert {"mode", "listing_keys", "postal_codes", "dry_run", "include_photos"} <= set(dag.params.keys())
     media = dag.get_task("media")
     assert media.map_index_template
+    # the MLS Sync view labels task instances by these ids (`media[3]`): they must be the DAG's
+    from mls_sync_airflow.tasks import SYNC_TASKS
+
+    assert set(SYNC_TASKS) == set(order), (SYNC_TASKS, order)
 
 
 def _broken_mappings(dest: Path) -> dict[str, str]:
