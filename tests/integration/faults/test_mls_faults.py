@@ -92,6 +92,10 @@ def test_exhausted_retries_and_refused_credentials_are_one_error_row_each_withou
         assert e["category"] in e["error_summary"] and words in e["error_summary"]
     assert errors[2]["payload"]["request"]["transaction"] == "Search"
     assert errors[2]["payload"]["request"]["params"]["Class"] == "RE_1"
+    # RESO's names the request too: the OData query the server kept refusing
+    storm_request = errors[0]["payload"]["request"]
+    assert storm_request["method"] == "GET" and "/reso/odata/Property?" in storm_request["url"], storm_request
+    assert "filter=" in storm_request["url"] and "Bearer" not in json.dumps(storm_request)
     text = json.dumps(errors, default=str) + storm.stderr + refused.stderr + down.stderr
     for secret in ("wrong-secret-9", "mockpass", "uapass", "mock-secret"):
         assert secret not in text

@@ -263,7 +263,12 @@ class ODataClient:
                 self._raise_for_status(resp, what, hits)
                 return resp
 
-        return call_with_retry(attempt, policy or self.policy, what=what, sleep=self._retry_sleep)
+        try:
+            return call_with_retry(attempt, policy or self.policy, what=what, sleep=self._retry_sleep)
+        except SourceError as exc:  # the failure record names the request, as RETS failures do
+            if getattr(exc, "request", None) is None:
+                exc.request = {"method": "GET", "what": what, "url": self.mask(url)}  # type: ignore[attr-defined]
+            raise
 
     def get_json(self, path_or_url: str, params: dict[str, str] | None = None, *,
                  headers: dict[str, str] | None = None, what: str = "query") -> dict[str, Any]:
