@@ -115,6 +115,16 @@ class Mock:
     def counters(self) -> dict[str, Any]:
         return self.control("counters")
 
+    @contextmanager
+    def configured(self, **settings: Any) -> Iterator[None]:
+        """The mock behaving as `settings` say for the block, then as it did before."""
+        before = self.control("state")["settings"]
+        self.control("configure", **settings)
+        try:
+            yield
+        finally:
+            self.control("configure", **{k: before[k] for k in settings})
+
     def point_at(self) -> None:
         """The demo connections (AIRFLOW_CONN_MLS_DEMO_*) to this mock, when another one runs too."""
         os.environ.update(mls_connections(self.url, self.credentials))

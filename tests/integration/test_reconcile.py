@@ -188,4 +188,14 @@ def test_a_reso_key_list_shorter_than_the_servers_count_fails_the_run_and_delete
                      trigger="manual")
     with pytest.raises(sync.IncompleteRead, match=r"the key walk read \d+ distinct keys but the server counts"):
         sync.fetch(ctx, plan)
-    assert set(_store(db, "demo_reso")) == held
+    # closed as failed (as the DAG's finalize does after a failed fetch), it records no reconciliation;
+    # the next run, whole, finds the store as it was
+    assert sync.finalize(ctx, plan)["state"] == "failed"
+    with db.connect() as c:
+        status = c.execute(sa.text("SELECT last_reconcile FROM mls_sync_status WHERE provider_id = 'demo_reso'")
+                           ).scalar_one()
+    assert (status or {}).get("mode") != "reconcile", status
+    monkeypatch.undo()
+    again = _run(ctx, mode="reconcile")
+    assert again["state"] == "success" and again["reconcile"]["differences"] == 0, again["reconcile"]
+    assert again["reconcile"]["mls_count"] == len(_mls_scope(mls)) and set(_store(db, "demo_reso")) == held

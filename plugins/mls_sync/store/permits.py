@@ -44,6 +44,9 @@ def _take_sql(windows: int, bytes_cap: bool) -> sa.TextClause:
         "SELECT seen.*, (SELECT count(*) FROM taken) AS taken FROM seen")
 
 
+_LOCK = sa.text("SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(:cls, hashtext(:p))")
+
+
 def take(conn: Connection, provider_id: str, windows: Sequence[tuple[float, int]],
          bytes_per_hour: int | None) -> float:
     """Take one request permit if every window has room; else the seconds until one will.
@@ -68,9 +71,6 @@ def take(conn: Connection, provider_id: str, windows: Sequence[tuple[float, int]
     if bytes_per_hour and row["used"] is not None and row["used"] >= bytes_per_hour:
         delay = max(delay, (row["oldest"] + timedelta(hours=1) - now).total_seconds())
     return max(delay, 0.001)  # not taken: never "now" (a window edge met to the microsecond)
-
-
-_LOCK = sa.text("SELECT set_config('synchronous_commit', 'off', true), pg_advisory_xact_lock(:cls, hashtext(:p))")
 
 
 def add_bytes(conn: Connection, t: Tables, provider_id: str, n: int) -> None:

@@ -150,7 +150,7 @@ class SearchWalk:
                 yield from self._windows(base, since, until, {})
                 return
             fresh = asked and res.count is not None
-            self.signals = self.signals or res.count is not None or res.maxrows
+            quiet_cap = self._maybe_capped(res)
             if fresh:
                 total = res.count
             keys = [k for r in res.records if (k := r.get(self.key))]
@@ -176,14 +176,11 @@ class SearchWalk:
                 # past a total counted before this page: stop only if MAXROWS does not say more
                 done = not res.records or (offset > total and (fresh or not res.maxrows))
             else:
-                # No COUNT: a reply short of Limit without MAXROWS is the end from a server that
-                # has sent MAXROWS (or COUNT) before. From one that never has, only if it is also
-                # shorter than an earlier reply: one as long as the widest may be the server's own
-                # cap, kept quiet, so the next Offset is asked, and an empty reply ends the walk
-                # (one request more, no rows lost).
-                short = len(res.records) < self.page_size and (len(res.records) < self.widest or self.signals)
-                done = not res.records or (not res.maxrows and short)
-            self.widest = max(self.widest, len(res.records))
+                # No COUNT: a reply short of Limit without MAXROWS is the end, unless it may be the
+                # quiet cap of a server that never sent COUNT or MAXROWS: then the next Offset is
+                # asked, and an empty reply ends the walk (one request more, no rows lost).
+                done = not res.records or (not res.maxrows and len(res.records) < self.page_size
+                                           and not quiet_cap)
             if first:
                 self.page_one = set(keys)
             yield self._new(res.records), None if done else {"mode": "offset", "offset": offset, "head": head}
@@ -228,9 +225,10 @@ class SearchWalk:
             yield self._new(res.records), self._state(stack)
 
     def _maybe_capped(self, res: PageResult) -> bool:
-        """A window reply that may hide rows without saying so: no COUNT, no MAXROWS, and as long as
-        the widest reply of the walk (a cap the server keeps quiet about). It is split like one
-        that overflows; a complete window of exactly that length costs a few requests more."""
+        """Whether a reply may hide rows without saying so: from a server that has never sent COUNT
+        or MAXROWS, one as long as the widest reply of the walk (its cap, kept quiet). Learns both
+        from every reply. Such an Offset reply is followed by the next Offset, such a window reply
+        is split; a complete one of exactly that length costs a request or a few more."""
         self.signals = self.signals or res.count is not None or res.maxrows
         quiet = not self.signals and bool(res.records) and len(res.records) >= self.widest
         self.widest = max(self.widest, len(res.records))
